@@ -18,8 +18,9 @@ The decision is a function of the error's class (see adapter/errors.py):
 Budget for transient errors (why both limits): a transient failure that lasts a day is no longer
 transient (a revoked key answered by a proxy 503, a misrouted base URL): a human must look, and
 while an envelope retries it holds back every later envelope of its patient. `max_age` (24 h by
-default) expresses that directly; `max_attempts` (300 by default, about 24 h at the 5 min cap)
-bounds the work done for one envelope when the caps are configured small.
+default) expresses that directly; `max_attempts` (30 by default, with the defaults below about
+5.5 h of retrying: nine doublings from 2 s to the 15 min cap, then 21 retries at the cap) bounds the
+work done for one envelope and surfaces a long outage to a human sooner than the day.
 """
 
 from __future__ import annotations
@@ -71,9 +72,9 @@ def describe_error(error: BaseException) -> str:
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    base: float = 1.0                   # seconds before the first retry
-    cap: float = 300.0                  # longest backoff (the server's Retry-After may exceed it)
-    max_attempts: int | None = 300      # transient failures before dead letter (None: no limit)
+    base: float = 2.0                   # seconds before the first retry
+    cap: float = 900.0                  # longest backoff (the server's Retry-After may exceed it)
+    max_attempts: int | None = 30       # transient failures before dead letter (None: no limit)
     jitter: float = 0.5                 # fraction of the delay that is randomised (0 = none, 1 = full)
     max_age: timedelta | None = timedelta(hours=24)   # since the envelope arrived
     max_retry_after: float = 3600.0     # a Retry-After beyond this is taken as this
