@@ -1,0 +1,194 @@
+"""Named SQL for the PostgreSQL store: what `postgres.py` runs, in one place.
+
+Tables are unqualified: every pooled connection has its search_path set to the configured schema.
+Timestamps are always parameters (`%(now)s`), never the database's now(): one clock per decision,
+so a test or a caller passing `now=` moves time for the whole statement (see `postgres.py`).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "APPEND",
+    "CLAIM",
+    "COLUMNS",
+    "COMPLETE",
+    "DEAD_LETTER",
+    "DROP",
+    "EXTEND_LEASE",
+    "GET",
+    "GET_BY_DEDUP_KEY",
+    "HISTORY",
+    "INSERT_AUDIT",
+    "KV_GET",
+    "KV_PUT",
+    "PRUNE",
+    "RELEASE",
+    "RENAME_DEDUP_KEY",
+    "REQUEUE",
+    "RETRY_AT",
+    "STATS_BY_SOURCE_KIND_STATE",
+    "STATS_SCALARS",
+    "STATS_SIZE",
+    "XREF_BY_TARGET",
+    "XREF_DELETE",
+    "XREF_GET",
+    "XREF_LIST",
+    "XREF_LIST_PREFIX",
+    "XREF_PUT",
+]
+
+COLUMNS = ("id, source, kind, ordering_key, dedup_key, payload, content_hash, received_at, state, "
+           "attempts, not_before, lease_owner, lease_until, reason, meta, mapping_version, updated_at")
+
+# Insert unless the dedup key exists (then nothing comes back and the caller looks at the first one).
+# The audit row is written by the same statement: one round trip per envelope.
+APPEND = f"""
+WITH ins AS (
+    INSERT INTO envelopes (source, kind, ordering_key, dedup_key, payload, content_hash, received_at,
+                           state, reason, meta, updated_at)
+    VALUES (%(source)s, %(kind)s, %(ordering_key)s, %(dedup_key)s, %(payload)s, %(content_hash)s,
+            %(received_at)s, %(state)s, %(reason)s, %(meta)s, %(now)s)
+    ON CONFLICT (dedup_key) DO NOTHING
+    RETURNING {COLUMNS}
+), aud AS (
+    INSERT INTO audit (envelope_id, at, event, detail)
+    SELECT id, %(now)s, %(event)s, %(detail)s FROM ins
+)
+SELECT {COLUMNS} FROM ins
+"""
+
+GET = f"SELECT {COLUMNS} FROM envelopes WHERE id = %(id)s"
+GET_BY_DEDUP_KEY = f"SELECT {COLUMNS} FROM envelopes WHERE dedup_key = %(dedup_key)s"
+
+# A delivery outside the dedup window frees its key: the old row keeps a derived, unique key.
+RENAME_DEDUP_KEY = "UPDATE envelopes SET dedup_key = %(new_key)s WHERE id = %(id)s"
+
+# The head of an ordering key is its earliest envelope still QUEUED, CLAIMED or DEAD; only a head
+# is claimable, and only when it is QUEUED and due (and no other envelope of its key is CLAIMED),
+# or CLAIMED with an expired lease (its worker died). Rows locked by a concurrent claim are skipped.
+# The partial unique index catches whatever a stale snapshot lets through (see postgres.py).
+CLAIM = f"""
+WITH picked AS (
+    SELECT e.id, e.state AS old_state, e.lease_owner AS old_owner
+    FROM envelopes e
+    WHERE e.state IN ('queued', 'claimed')
+      AND CASE WHEN e.state = 'queued' THEN
+                   (e.not_before IS NULL OR e.not_before <= %(now)s)
+                   AND NOT EXISTS (SELECT 1 FROM envelopes c
+                                   WHERE c.ordering_key = e.ordering_key AND c.state = 'claimed')
+                   AND NOT EXISTS (SELECT 1 FROM envelopes b
+                                   WHERE b.ordering_key = e.ordering_key AND b.id < e.id
+                                     AND b.state IN ('queued', 'claimed', 'dead'))
+               ELSE
+                   e.lease_until <= %(now)s
+                   -- an earlier QUEUED and due envelope (an operator requeue) does not strand it
+                   AND NOT EXISTS (SELECT 1 FROM envelopes b
+                                   WHERE b.ordering_key = e.ordering_key AND b.id < e.id
+                                     AND b.state IN ('queued', 'claimed', 'dead')
+                                     AND (b.state <> 'queued' OR b.not_before > %(now)s))
+          END
+    ORDER BY e.id
+    LIMIT %(limit)s
+    FOR UPDATE OF e SKIP LOCKED
+), claimed AS (
+    UPDATE envelopes e
+    SET state = 'claimed', lease_owner = %(owner)s, lease_until = %(until)s, updated_at = %(now)s
+    FROM picked WHERE e.id = picked.id
+    RETURNING e.*, picked.old_state, picked.old_owner
+), aud AS (
+    INSERT INTO audit (envelope_id, at, event, detail)
+    SELECT c.id, %(now)s, v.event, v.detail
+    FROM claimed c
+    CROSS JOIN LATERAL (VALUES
+        (1, 'lease_expired', jsonb_build_object('owner', c.old_owner, 'attempts', c.attempts)),
+        (2, 'claimed', jsonb_build_object('owner', %(owner)s::text, 'attempts', c.attempts))
+    ) AS v(ord, event, detail)
+    WHERE v.event = 'claimed' OR c.old_state = 'claimed'
+    ORDER BY c.id, v.ord
+)
+SELECT {COLUMNS}, old_state, old_owner FROM claimed ORDER BY id
+"""
+
+_OWNED = "id = %(id)s AND state = 'claimed' AND lease_owner = %(owner)s"
+
+EXTEND_LEASE = f"UPDATE envelopes SET lease_until = %(until)s, updated_at = %(now)s WHERE {_OWNED}"
+
+COMPLETE = f"""
+UPDATE envelopes SET state = 'done', lease_owner = NULL, lease_until = NULL, not_before = NULL,
+    reason = NULL, mapping_version = COALESCE(%(mapping_version)s, mapping_version), updated_at = %(now)s
+WHERE {_OWNED}
+"""
+
+RETRY_AT = f"""
+UPDATE envelopes SET state = 'queued', lease_owner = NULL, lease_until = NULL, not_before = %(at)s,
+    attempts = attempts + 1, reason = %(reason)s, updated_at = %(now)s
+WHERE {_OWNED}
+RETURNING attempts
+"""
+
+DEAD_LETTER = f"""
+UPDATE envelopes SET state = 'dead', lease_owner = NULL, lease_until = NULL, not_before = NULL,
+    reason = %(reason)s, updated_at = %(now)s
+WHERE {_OWNED}
+"""
+
+RELEASE = f"""
+UPDATE envelopes SET state = 'queued', lease_owner = NULL, lease_until = NULL, updated_at = %(now)s
+WHERE {_OWNED}
+"""
+
+REQUEUE = """
+UPDATE envelopes SET state = 'queued', attempts = 0, not_before = NULL, reason = NULL, updated_at = %(now)s
+WHERE id = %(id)s AND state IN ('dead', 'quarantined')
+RETURNING state
+"""
+
+# An operator may drop anything not finished and not held by a worker.
+DROP = """
+UPDATE envelopes SET state = 'dropped', not_before = NULL, reason = %(reason)s, updated_at = %(now)s
+WHERE id = %(id)s AND state IN ('queued', 'dead', 'quarantined', 'rejected')
+"""
+
+INSERT_AUDIT = ("INSERT INTO audit (envelope_id, at, event, detail) "
+                "VALUES (%(id)s, %(now)s, %(event)s, %(detail)s)")
+HISTORY = "SELECT envelope_id, at, event, detail FROM audit WHERE envelope_id = %(id)s ORDER BY id"
+
+_XREF = "namespace, source_id, target, written_at, detail"
+XREF_GET = f"SELECT {_XREF} FROM crosswalk WHERE namespace = %(ns)s AND source_id = %(sid)s"
+XREF_PUT = f"""
+INSERT INTO crosswalk (namespace, source_id, target, written_at, detail)
+VALUES (%(ns)s, %(sid)s, %(target)s, %(now)s, %(detail)s)
+ON CONFLICT (namespace, source_id) DO UPDATE
+SET target = EXCLUDED.target, written_at = EXCLUDED.written_at, detail = EXCLUDED.detail
+RETURNING {_XREF}
+"""
+XREF_BY_TARGET = (f"SELECT {_XREF} FROM crosswalk WHERE namespace = %(ns)s AND target = %(target)s "
+                  "ORDER BY source_id")
+XREF_LIST = f"SELECT {_XREF} FROM crosswalk WHERE namespace = %(ns)s ORDER BY source_id"
+XREF_LIST_PREFIX = (f"SELECT {_XREF} FROM crosswalk WHERE namespace = %(ns)s "
+                    "AND starts_with(source_id, %(prefix)s) ORDER BY source_id")
+XREF_DELETE = "DELETE FROM crosswalk WHERE namespace = %(ns)s AND source_id = %(sid)s"
+
+KV_GET = "SELECT value FROM kv WHERE key = %(key)s"
+KV_PUT = """
+INSERT INTO kv (key, value, updated_at) VALUES (%(key)s, %(value)s, %(now)s)
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at
+"""
+
+STATS_BY_SOURCE_KIND_STATE = "SELECT source, kind, state, count(*) FROM envelopes GROUP BY 1, 2, 3"
+STATS_SCALARS = """
+SELECT
+    (SELECT min(received_at) FROM envelopes WHERE state = 'queued'),
+    (SELECT count(*) FROM envelopes WHERE state = 'queued' AND attempts > 0),
+    (SELECT count(DISTINCT ordering_key) FROM envelopes WHERE state = 'dead')
+"""
+STATS_SIZE = """
+SELECT COALESCE(sum(pg_total_relation_size(c.oid)), 0)::bigint
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %(schema)s AND c.relkind = 'r'
+"""
+
+PRUNE = """
+UPDATE envelopes SET payload = NULL
+WHERE state IN ('done', 'dropped', 'rejected') AND updated_at < %(older_than)s AND payload IS NOT NULL
+"""
