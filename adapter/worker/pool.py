@@ -1,0 +1,295 @@
+"""The worker pool: claim envelopes, map them, execute their operations, complete or schedule a retry.
+
+Concurrency: `workers` tasks each claim up to `batch` envelopes (the store hands out at most one per
+ordering key, so one patient's envelopes are applied in order while different patients run in
+parallel) and process their batch concurrently; the OnCall client's own `max_in_flight` bounds the
+requests actually sent. A keeper task per batch extends the leases while operations run, and
+cancels an envelope whose lease was lost (another process took it over: its result would be
+dropped anyway, and two workers must not apply one envelope at the same time).
+
+Stopping: `stop()` lets the workers finish what they hold and exit; cancelling `run()` releases the
+claims in progress (store.release) so another process picks them up at once. A create interrupted
+that way leaves its intent row, so the next attempt searches before creating again.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import anyio
+import structlog
+from anyio.abc import TaskStatus
+
+from adapter import metrics
+from adapter.envelope import Envelope, utcnow
+from adapter.errors import PermanentError
+from adapter.retry import DeadLetter, LeaveClaim, RetryAt, RetryPolicy, describe_error
+from adapter.store.base import Store
+from adapter.worker.executor import Executor, OperationFailed
+
+__all__ = ["MappingProvider", "WorkerPool", "decode_payload", "default_owner_id"]
+
+logger = structlog.get_logger(__name__)
+
+
+class _MappingResult(Protocol):
+    route: Any
+    operations: Any
+    mapping_version: str
+
+
+class _MappingSet(Protocol):
+    def map(self, kind: str, payload_text: str, *, source: str) -> Any: ...
+
+
+MappingProvider = Callable[[], Any]
+"""Returns the current MappingSet (called per envelope, so a SIGHUP reload is picked up)."""
+
+
+def default_owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{random.SystemRandom().getrandbits(32):08x}"
+
+
+def decode_payload(envelope: Envelope) -> str:
+    """The payload as text: in the charset the listener recorded (MSH-18), else UTF-8, else Latin-1
+    (every byte decodes, so a mislabelled message still maps and its fields say what is wrong)."""
+    payload = envelope.payload or b""
+    charset = envelope.meta.get("charset") or envelope.meta.get("encoding")
+    for codec in (charset, "utf-8"):
+        if not codec:
+            continue
+        try:
+            return payload.decode(codec)
+        except (LookupError, UnicodeDecodeError):
+            continue
+    return payload.decode("latin-1")
+
+
+@dataclass
+class _Held:
+    envelope: Envelope
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    lost: bool = False
+
+
+class WorkerPool:
+    def __init__(self, store: Store, mapping_provider: MappingProvider, client: Any, *,
+                 workers: int = 4, batch: int = 8, lease: timedelta = timedelta(seconds=60),
+                 poll_seconds: float = 0.2, retry_policy: RetryPolicy | None = None,
+                 emr_id_label: str = "EMR id", owner_id: str | None = None,
+                 retention: timedelta = timedelta(days=30), prune_every: timedelta = timedelta(hours=1),
+                 seed: int | None = None, executor: Executor | None = None) -> None:
+        if workers < 0 or batch < 1:
+            raise ValueError(f"worker pool needs workers >= 0 and batch >= 1, got {workers}, {batch}")
+        self.store = store
+        self.mapping_provider = mapping_provider
+        self.workers = workers
+        self.batch = batch
+        self.lease = lease
+        self.poll_seconds = poll_seconds
+        self.retry_policy = retry_policy or RetryPolicy()
+        self.owner_id = owner_id or default_owner_id()
+        self.retention = retention
+        self.prune_every = prune_every
+        self.executor = executor or Executor(store, client, emr_id_label=emr_id_label)
+        self._rng = random.Random(seed)
+        self._wake = anyio.Event()
+        self._stopping = False
+        self._held: dict[int, _Held] = {}
+
+    # -- control ------------------------------------------------------------------------------
+    def wake(self) -> None:
+        """Claim now rather than at the next poll (a listener calls this after storing an envelope)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Finish the envelopes held, claim no more, and let `run()` return."""
+        self._stopping = True
+        self._wake.set()
+
+    @property
+    def in_progress(self) -> int:
+        return len(self._held)
+
+    # -- main loop ----------------------------------------------------------------------------
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Process until `stop()` (returns once the held envelopes are finished) or cancellation
+        (releases the held claims)."""
+        logger.info("worker_pool_started", workers=self.workers, batch=self.batch, owner=self.owner_id)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._pruner)
+                async with anyio.create_task_group() as workers:
+                    for index in range(self.workers):
+                        workers.start_soon(self._worker, index)
+                    task_status.started()
+                tg.cancel_scope.cancel()   # the workers returned after stop(): end the pruner too
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._release_all()
+            logger.info("worker_pool_stopped", owner=self.owner_id)
+
+    async def _wait_wake(self, seconds: float) -> None:
+        with anyio.move_on_after(seconds):
+            await self._wake.wait()
+        if self._wake.is_set() and not self._stopping:
+            self._wake = anyio.Event()
+
+    async def _worker(self, index: int) -> None:
+        while not self._stopping:
+            claimed = await self._claim()
+            if not claimed:
+                await self._wait_wake(self.poll_seconds)
+                continue
+            await self._run_batch(claimed)
+
+    async def _claim(self) -> list[Envelope]:
+        try:
+            claimed = await self.store.claim(self.owner_id, limit=self.batch, lease=self.lease)
+        except Exception as exc:   # StoreError: the store is down; keep polling, readiness reports it
+            logger.warning("claim_failed", error_type=type(exc).__name__, owner=self.owner_id)
+            await anyio.sleep(max(self.poll_seconds, 1.0))   # backoff while the store is unreachable
+            return []
+        for envelope in claimed:
+            logger.info("envelope_claimed", envelope_id=envelope.id, kind=envelope.kind,
+                        source=str(envelope.source), attempt=envelope.attempts + 1)
+        return claimed
+
+    async def _run_batch(self, claimed: list[Envelope]) -> None:
+        held = [_Held(envelope) for envelope in claimed]
+        for item in held:
+            self._held[item.envelope.id] = item
+        try:
+            async with anyio.create_task_group() as tg:
+                keeper = anyio.CancelScope()
+                tg.start_soon(self._keep_leases, held, keeper)
+                async with anyio.create_task_group() as work:
+                    for item in held:
+                        work.start_soon(self._process_held, item)
+                keeper.cancel()
+        finally:
+            for item in held:
+                self._held.pop(item.envelope.id, None)
+
+    async def _keep_leases(self, held: list[_Held], scope: anyio.CancelScope) -> None:
+        with scope:
+            interval = max(self.lease.total_seconds() / 3, 0.05)
+            while True:
+                await anyio.sleep(interval)   # a timer, not synchronisation: leases are renewed periodically
+                for item in held:
+                    if item.envelope.id not in self._held or item.lost:
+                        continue
+                    try:
+                        kept = await self.store.extend_lease(item.envelope.id, self.owner_id, self.lease)
+                    except Exception as exc:
+                        logger.warning("lease_extend_failed", envelope_id=item.envelope.id,
+                                       error_type=type(exc).__name__)
+                        continue
+                    if not kept:
+                        item.lost = True
+                        item.scope.cancel()
+                        logger.warning("lease_lost", envelope_id=item.envelope.id, owner=self.owner_id)
+
+    async def _process_held(self, item: _Held) -> None:
+        with item.scope:
+            await self.process(item.envelope)
+        self._held.pop(item.envelope.id, None)
+
+    # -- one envelope -------------------------------------------------------------------------
+    async def process(self, envelope: Envelope) -> None:
+        """Map and apply one claimed envelope, then complete it, schedule its retry or dead-letter it."""
+        started = time.perf_counter()
+        source = str(envelope.source)
+        try:
+            if envelope.payload is None:
+                raise PermanentError(
+                    f"envelope {envelope.id} has no payload (purged by retention)",
+                    hint="resend the message from the EMR; `queue drop ID --reason ...` to unblock")
+            mapping_set = self.mapping_provider()
+            result = mapping_set.map(envelope.kind, decode_payload(envelope), source=source)
+            applied = await self.executor.execute(envelope, result)
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as exc:
+            await self._failed(envelope, exc)
+            return
+        elapsed = time.perf_counter() - started
+        done = await self._store_call(self.store.complete(
+            envelope.id, self.owner_id, mapping_version=result.mapping_version,
+            detail={"ops": applied, "route": str(getattr(result, "route", "") or ""),
+                    "ms": round(elapsed * 1000, 1)}))
+        if done:
+            metrics.COMPLETED.labels(source=source, kind=envelope.kind).inc()
+            metrics.PROCESSING_SECONDS.labels(source=source).observe(elapsed)
+            logger.info("envelope_completed", envelope_id=envelope.id, kind=envelope.kind, count=applied,
+                        mapping_version=result.mapping_version, elapsed_ms=round(elapsed * 1000, 1))
+        elif done is False:
+            logger.warning("lease_lost", envelope_id=envelope.id, owner=self.owner_id)
+
+    async def _failed(self, envelope: Envelope, exc: Exception) -> None:
+        error = exc.error if isinstance(exc, OperationFailed) else exc
+        attempt = envelope.attempts + 1
+        now = utcnow()
+        decision = self.retry_policy.decide(attempt, error, now, self._rng, since=envelope.received_at)
+        reason = str(exc) if isinstance(exc, OperationFailed) else decision.reason
+        source = str(envelope.source)
+        fields: dict[str, Any] = {"envelope_id": envelope.id, "kind": envelope.kind, "attempt": attempt,
+                                  "error_type": type(error).__name__,
+                                  "status": getattr(error, "status", None)}
+        if isinstance(exc, OperationFailed):
+            fields.update(op=exc.index, op_kind=exc.op_kind)
+        if isinstance(decision, RetryAt):
+            if await self._store_call(self.store.retry_at(envelope.id, self.owner_id, decision.at, reason)):
+                metrics.RETRIED.labels(source=source, kind=envelope.kind).inc()
+                logger.info("retry_scheduled", retry_in=round(decision.delay, 3), **fields)
+        elif isinstance(decision, DeadLetter):
+            if isinstance(exc, OperationFailed) and decision.reason not in reason:
+                reason = f"{reason}; {decision.reason}"
+            if await self._store_call(self.store.dead_letter(envelope.id, self.owner_id, reason)):
+                metrics.DEAD_LETTERED.labels(source=source, kind=envelope.kind).inc()
+                logger.warning("dead_lettered", **fields)
+        elif isinstance(decision, LeaveClaim):
+            logger.warning("claim_left_to_expire", **fields)
+
+    async def _store_call(self, call: Any) -> bool | None:
+        """A store write after processing; None when the store failed (the lease then expires)."""
+        try:
+            return bool(await call)
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as exc:
+            logger.warning("store_write_failed", error_type=type(exc).__name__, error=describe_error(exc))
+            return None
+
+    async def _release_all(self) -> None:
+        for envelope_id in list(self._held):
+            try:
+                await self.store.release(envelope_id, self.owner_id)
+                logger.info("claim_released", envelope_id=envelope_id, owner=self.owner_id)
+            except Exception as exc:
+                logger.warning("release_failed", envelope_id=envelope_id, error_type=type(exc).__name__)
+        self._held.clear()
+
+    # -- retention ----------------------------------------------------------------------------
+    async def _pruner(self) -> None:
+        while True:
+            await self.prune_once()
+            await anyio.sleep(self.prune_every.total_seconds())   # a schedule, not synchronisation
+
+    async def prune_once(self, now: datetime | None = None) -> int:
+        try:
+            purged = await self.store.prune(older_than=(now or utcnow()) - self.retention)
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as exc:
+            logger.warning("prune_failed", error_type=type(exc).__name__)
+            return 0
+        logger.info("payloads_pruned", purged=purged)
+        return purged
