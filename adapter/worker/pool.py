@@ -34,7 +34,7 @@ from adapter.retry import DeadLetter, LeaveClaim, RetryAt, RetryPolicy, describe
 from adapter.store.base import Store
 from adapter.worker.executor import Executor, OperationFailed
 
-__all__ = ["MappingProvider", "WorkerPool", "decode_payload", "default_owner_id"]
+__all__ = ["MappingProvider", "WorkerPool", "build_worker_pool", "decode_payload", "default_owner_id"]
 
 logger = structlog.get_logger(__name__)
 
@@ -293,3 +293,16 @@ class WorkerPool:
             return 0
         logger.info("payloads_pruned", purged=purged)
         return purged
+
+
+def build_worker_pool(runtime: Any, client: Any) -> WorkerPool:
+    """The pool as `oncall-adapter serve` runs it, from the runtime's config (composition root helper)."""
+    config = runtime.config
+    return WorkerPool(
+        runtime.store, runtime.mappings.get, client,
+        workers=config.workers.count, batch=config.workers.batch,
+        lease=timedelta(seconds=config.store.lease_seconds), poll_seconds=config.workers.poll_seconds,
+        retry_policy=RetryPolicy(base=config.retry.base_seconds, cap=config.retry.cap_seconds,
+                                 max_attempts=config.retry.max_attempts),
+        emr_id_label=config.oncall.emr_id_field_label, owner_id=runtime.owner_id,
+        retention=timedelta(days=config.retention.completed_days))
