@@ -1,0 +1,303 @@
+"""PostgreSQL-only behaviour of the store: migrations, several nodes sharing one queue, SKIP LOCKED.
+
+The Store contract itself is tested for every backend in test_store.py. These tests need the real
+PostgreSQL at 127.0.0.1:5432 (user postgres, database test); if it is missing they fail, never skip.
+Each test works in a fresh schema, dropped afterwards. "Nodes" are separate PostgresStore instances
+(separate pools, so separate connections and transactions), as separate processes would be.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
+
+import anyio
+import psycopg
+import pytest
+from psycopg import sql
+
+from adapter.envelope import AppendOutcome, NewEnvelope, Source, State, utcnow
+from adapter.errors import StoreError
+from adapter.store.postgres import PostgresStore
+from adapter.store.postgres_support import migrations, schema_sql
+
+DSN = "postgresql://postgres@127.0.0.1:5432/test"
+LEASE = timedelta(seconds=30)
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"   # psycopg's async API runs on asyncio
+
+
+def _drop(*schemas: str) -> None:
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        for name in schemas:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def schema() -> Iterator[str]:
+    name = f"test_pg_{uuid.uuid4().hex[:12]}"
+    yield name
+    _drop(name)
+
+
+@asynccontextmanager
+async def node(schema: str, **kwargs: Any) -> AsyncIterator[PostgresStore]:
+    store = PostgresStore(DSN, schema=schema, **kwargs)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def new(i: int, key: str, payload: bytes | None = None) -> NewEnvelope:
+    return NewEnvelope(source=Source.MLLP, kind="ADT^A08", ordering_key=f"patient:{key}",
+                       dedup_key=f"mllp:FAC|MSG{i:05d}", payload=payload or f"MSH|{i}".encode())
+
+
+def _catalog(conn: psycopg.Connection[Any], schema: str) -> dict[str, list[tuple[Any, ...]]]:
+    """The schema as pg_catalog describes it, with the schema name taken out."""
+    def rows(query: str) -> list[tuple[Any, ...]]:
+        got = conn.execute(query, {"s": schema}).fetchall()
+        return sorted(tuple(str(v).replace(f"{schema}.", "") for v in row) for row in got)
+    return {
+        "columns": rows("""SELECT table_name, column_name, data_type, is_nullable, column_default,
+                                  is_identity, identity_generation
+                           FROM information_schema.columns
+                           WHERE table_schema = %(s)s AND table_name <> 'schema_migrations'"""),
+        "constraints": rows("""SELECT t.relname, c.conname, pg_get_constraintdef(c.oid)
+                               FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid
+                               JOIN pg_namespace n ON n.oid = t.relnamespace
+                               WHERE n.nspname = %(s)s AND t.relname <> 'schema_migrations'"""),
+        "indexes": rows("""SELECT tablename, indexname, indexdef FROM pg_indexes
+                           WHERE schemaname = %(s)s AND tablename <> 'schema_migrations'"""),
+        "triggers": rows("""SELECT t.tgname, c.relname, pg_get_triggerdef(t.oid)
+                            FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+                            JOIN pg_namespace n ON n.oid = c.relnamespace
+                            WHERE n.nspname = %(s)s AND NOT t.tgisinternal"""),
+        "functions": rows("""SELECT p.proname, pg_get_function_result(p.oid), p.prosrc
+                             FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                             WHERE n.nspname = %(s)s"""),
+    }
+
+
+async def test_migrations_add_up_to_schema_sql(schema: str) -> None:
+    """Applying every numbered migration (what open() does) yields exactly the schema of schema.sql."""
+    reference = f"{schema}_ref"
+    try:
+        with psycopg.connect(DSN, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(reference)))
+            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(reference)))
+            conn.execute(schema_sql())
+        async with node(schema):
+            pass
+        with psycopg.connect(DSN, autocommit=True) as conn:
+            migrated, expected = _catalog(conn, schema), _catalog(conn, reference)
+            applied = conn.execute(sql.SQL("SELECT version FROM {}.schema_migrations ORDER BY version")
+                                   .format(sql.Identifier(schema))).fetchall()
+        assert migrated["columns"], "the migrations created no tables"
+        assert migrated == expected
+        assert [v for (v,) in applied] == [v for v, _, _ in migrations()]
+    finally:
+        _drop(reference)
+
+
+async def test_nodes_starting_together_migrate_once(schema: str) -> None:
+    """Several nodes opening one new schema at once all succeed; each migration is applied once."""
+    stores = [PostgresStore(DSN, schema=schema, min_size=1, max_size=2) for _ in range(4)]
+    try:
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for store in stores:
+                    tg.start_soon(store.open)
+        assert all([await store.ping() for store in stores])
+    finally:
+        for store in stores:
+            await store.close()
+    with psycopg.connect(DSN) as conn:
+        count = conn.execute(sql.SQL("SELECT count(*) FROM {}.schema_migrations")
+                             .format(sql.Identifier(schema))).fetchone()
+    assert count == (len(migrations()),)
+
+
+async def test_two_nodes_claim_each_envelope_once_in_per_key_order(schema: str) -> None:
+    """Two nodes claiming concurrently from 200 envelopes over 20 keys never hold two envelopes of one
+    key at once, and together claim every envelope exactly once, each key's in arrival order."""
+    rng = random.Random(20240601)
+    async with node(schema) as a, node(schema) as b:
+        keys = [f"K{rng.randrange(20):02d}" for _ in range(200)]
+        appended = await a.append_many([new(i, key) for i, key in enumerate(keys)])
+        ids_by_key: dict[str, list[int]] = defaultdict(list)
+        for result in appended:
+            ids_by_key[result.envelope.ordering_key].append(result.envelope.id)
+
+        held: dict[str, int] = {}
+        claimed: dict[str, list[int]] = defaultdict(list)
+        violations: list[str] = []
+
+        async def worker(store: PostgresStore, owner: str) -> None:
+            while sum(len(v) for v in claimed.values()) < 200:
+                got = await store.claim(owner, limit=rng.randrange(1, 6), lease=LEASE)
+                for env in got:
+                    if env.ordering_key in held:
+                        violations.append(f"{env.ordering_key}: {held[env.ordering_key]} and {env.id}")
+                    held[env.ordering_key] = env.id
+                    claimed[env.ordering_key].append(env.id)
+                await anyio.lowlevel.checkpoint()   # let the other node run while these are held
+                for env in got:
+                    del held[env.ordering_key]     # before complete: we hold the lease until it commits
+                    assert await store.complete(env.id, owner)
+                if not got:
+                    await anyio.lowlevel.checkpoint()
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                for n in range(3):
+                    tg.start_soon(worker, a, f"a{n}")
+                    tg.start_soon(worker, b, f"b{n}")
+
+        assert violations == []
+        assert dict(claimed) == dict(ids_by_key)   # each once, and in arrival order per key
+        stats = await b.stats()
+        assert stats.by_state == {"done": 200}
+
+
+async def test_claim_skips_rows_locked_by_another_node(schema: str) -> None:
+    """A row locked by another transaction is skipped at once (SKIP LOCKED), and so is the rest of its
+    key: the claim neither waits nor hands out a later envelope of that key."""
+    async with node(schema) as store:
+        results = await store.append_many([new(0, "A"), new(1, "A"), new(2, "B")])
+        head_a = results[0].envelope.id
+        with psycopg.connect(DSN) as other:
+            other.execute(sql.SQL("SELECT 1 FROM {}.envelopes WHERE id = %s FOR UPDATE")
+                          .format(sql.Identifier(schema)), (head_a,))
+            with anyio.fail_after(5):
+                got = await store.claim("w", limit=10, lease=LEASE)
+            assert [e.ordering_key for e in got] == ["patient:B"]
+            other.rollback()
+        got = await store.claim("w", limit=10, lease=LEASE)
+        assert [e.id for e in got] == [head_a]
+
+
+async def test_a_dead_nodes_claims_are_taken_over(schema: str) -> None:
+    """When a node dies, its leases expire and the other node claims the same envelopes (audited as
+    lease_expired, attempts unchanged); the dead node, if it comes back, has lost them."""
+    async with node(schema) as survivor:
+        await survivor.append_many([new(i, f"K{i}") for i in range(10)])
+        now = utcnow()
+        async with node(schema) as doomed:
+            taken = await doomed.claim("doomed", limit=10, lease=LEASE, now=now)
+            assert len(taken) == 10
+            assert await survivor.claim("survivor", limit=10, lease=LEASE, now=now) == []
+            # the doomed node stops here: nothing completed, its pool closed
+
+        later = now + LEASE + timedelta(seconds=1)
+        retaken = await survivor.claim("survivor", limit=10, lease=LEASE, now=later)
+        assert sorted(e.id for e in retaken) == sorted(e.id for e in taken)
+        assert all(e.lease_owner == "survivor" and e.attempts == 0 for e in retaken)
+        assert [h.event for h in await survivor.history(retaken[0].id)] == [
+            "stored", "claimed", "lease_expired", "claimed"]
+
+        async with node(schema) as back:
+            assert not await back.complete(taken[0].id, "doomed")
+        assert await survivor.complete(taken[0].id, "survivor")
+
+
+async def test_concurrent_appends_of_one_dedup_key_store_it_once(schema: str) -> None:
+    """Two nodes appending the same dedup keys at the same moment: exactly one STORED per key, the other
+    a DUPLICATE of it (same content) or a CONFLICT stored QUARANTINED (other content)."""
+    async with node(schema) as a, node(schema) as b:
+        outcomes: dict[int, list[Any]] = defaultdict(list)
+
+        async def send(store: PostgresStore, i: int, payload: bytes) -> None:
+            outcomes[i].append(await store.append(new(i, f"K{i}", payload)))
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for i in range(60):
+                    other = b"same" if i % 2 == 0 else b"other"
+                    tg.start_soon(send, a, i, b"same")
+                    tg.start_soon(send, b, i, other)
+
+        for i, pair in outcomes.items():
+            kinds = sorted(r.outcome for r in pair)
+            stored = next(r.envelope for r in pair if r.outcome is AppendOutcome.STORED)
+            if i % 2 == 0:
+                assert kinds == [AppendOutcome.DUPLICATE, AppendOutcome.STORED]
+                assert {r.envelope.id for r in pair} == {stored.id}
+            else:
+                assert kinds == [AppendOutcome.CONFLICT, AppendOutcome.STORED]
+                conflict = next(r.envelope for r in pair if r.outcome is AppendOutcome.CONFLICT)
+                assert conflict.state is State.QUARANTINED and conflict.id != stored.id
+        stats = await a.stats()
+        assert stats.by_state == {"queued": 60, "quarantined": 30}
+
+
+async def test_unique_index_stops_a_second_claim_of_one_key(schema: str) -> None:
+    """If a claim's snapshot misses another node's claim on the same key, the partial unique index
+    refuses it and the claim goes on without that key ("someone else got it")."""
+    async with node(schema) as store:
+        results = await store.append_many([new(0, "A"), new(1, "A"), new(2, "B")])
+        first_a, second_a, only_b = (r.envelope.id for r in results)
+        table = sql.Identifier(schema, "envelopes")
+        async with await psycopg.AsyncConnection.connect(DSN) as intruder:
+            # An uncommitted claim of A's *second* envelope: invisible to the store's snapshot.
+            await intruder.execute(sql.SQL("UPDATE {} SET state = 'claimed', lease_owner = 'intruder', "
+                                           "lease_until = now() + interval '1 hour' WHERE id = %s")
+                                   .format(table), (second_a,))
+            async with anyio.create_task_group() as tg:
+                got: list[Any] = []
+
+                async def claim() -> None:
+                    got.extend(await store.claim("w", limit=10, lease=LEASE))
+
+                tg.start_soon(claim)
+                await _until_blocked_by(intruder.info.backend_pid)
+                await intruder.commit()
+        assert [e.id for e in got] == [only_b]
+        assert first_a not in [e.id for e in got]
+        held = await store.list(states=[State.CLAIMED])
+        assert {e.id for e in held} == {second_a, only_b}
+
+
+async def _until_blocked_by(pid: int, deadline: float = 10.0) -> None:
+    """Poll PostgreSQL (an external condition, with a deadline) until a session waits on `pid`."""
+    query = "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))"
+    with anyio.fail_after(deadline):
+        async with await psycopg.AsyncConnection.connect(DSN, autocommit=True) as watch:
+            while True:
+                row = await (await watch.execute(query, (pid,))).fetchone()
+                if row and row[0]:
+                    return
+                await anyio.sleep(0.01)
+
+
+async def test_audit_is_append_only(schema: str) -> None:
+    """The schema refuses to change or delete audit rows, whoever asks."""
+    async with node(schema) as store:
+        stored = (await store.append(new(0, "A"))).envelope
+        with psycopg.connect(DSN) as conn:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+                conn.execute(sql.SQL("UPDATE {} SET event = 'x'").format(sql.Identifier(schema, "audit")))
+            conn.rollback()
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+                conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(schema, "audit")))
+        assert [h.event for h in await store.history(stored.id)] == ["stored"]
+
+
+async def test_unreachable_postgres_says_where_and_what_to_do(schema: str) -> None:
+    """Opening a store whose PostgreSQL does not answer raises StoreError naming host:port and store.url."""
+    store = PostgresStore("postgresql://postgres@127.0.0.1:1/test", schema=schema, connect_timeout=2)
+    with pytest.raises(StoreError, match=r"cannot reach PostgreSQL at 127\.0\.0\.1:1/test .*store\.url"):
+        await store.open()
+    assert not await store.ping()
