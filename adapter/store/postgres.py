@@ -30,7 +30,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from adapter.envelope import Appended, Envelope, NewEnvelope, State, utcnow
+from adapter.envelope import Appended, AppendOutcome, Envelope, NewEnvelope, State, utcnow
 from adapter.errors import ConfigError, StoreError
 from adapter.store import postgres_sql as q
 from adapter.store.base import AuditEntry, QueueStats, Xref
@@ -92,7 +92,7 @@ class PostgresStore:
                 await pool.close()
                 raise
         self._pool = pool
-        log.info("store_opened", backend="postgres", schema=self._schema, address=self._where.address,
+        log.info("store_opened", store="postgres", schema=self._schema, address=self._where.address,
                  migrations_applied=len(applied))
 
     async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
@@ -103,7 +103,7 @@ class PostgresStore:
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
-            log.info("store_closed", backend="postgres", schema=self._schema)
+            log.info("store_closed", store="postgres", schema=self._schema)
 
     async def ping(self) -> bool:
         try:
@@ -133,6 +133,8 @@ class PostgresStore:
         async with self._conn(action) as conn, conn.transaction():
             cur = await conn.execute(query, params)
             if cur.rowcount != 1:
+                if "owner" in params:
+                    log.info("lease_lost", store="postgres", envelope_id=params["id"], owner=params["owner"])
                 return False
             if event:
                 await conn.execute(q.INSERT_AUDIT, {"id": params["id"], "now": now, "event": event,
@@ -142,11 +144,17 @@ class PostgresStore:
     # -- inbox ------------------------------------------------------------------------------
     async def append(self, new: NewEnvelope) -> Appended:
         if self._group is not None:
-            return await self._group.append(new)
-        return (await self._append_batch([new]))[0]
+            result = await self._group.append(new)
+        else:
+            result = (await self._append_batch([new]))[0]
+        _log_appended(result)
+        return result
 
     async def append_many(self, news: Sequence[NewEnvelope]) -> list[Appended]:
-        return await self._append_batch(news) if news else []
+        results = await self._append_batch(news) if news else []
+        for result in results:
+            _log_appended(result)
+        return results
 
     async def _append_batch(self, news: Sequence[NewEnvelope]) -> list[Appended]:
         for attempt in range(1, _APPEND_TRIES + 1):
@@ -158,7 +166,7 @@ class PostgresStore:
                 # aborts one, which is rolled back whole and simply runs again.
                 if attempt == _APPEND_TRIES:
                     raise
-                log.info("store_append_retried", backend="postgres", size=len(news), attempt=attempt)
+                log.info("store_append_retried", store="postgres", size=len(news), attempt=attempt)
         raise AssertionError("unreachable")
 
     async def get(self, envelope_id: int) -> Envelope | None:
@@ -196,11 +204,11 @@ class PostgresStore:
             except KeyTaken:
                 # A stale snapshot chose a key another node has just claimed: the statement was
                 # rolled back whole; the next one sees that claim and skips the key.
-                log.info("store_claim_key_taken", backend="postgres", owner=owner)
+                log.info("store_claim_key_taken", store="postgres", owner=owner)
                 continue
             taken_over = [row[0] for row in rows if row[17] == State.CLAIMED]
             if taken_over:
-                log.warning("store_lease_taken_over", backend="postgres", owner=owner,
+                log.warning("store_lease_taken_over", store="postgres", owner=owner,
                             envelope_ids=taken_over, count=len(taken_over))
             return [envelope_from_row(row) for row in rows]
         return []
@@ -212,21 +220,26 @@ class PostgresStore:
 
     async def complete(self, envelope_id: int, owner: str, *, mapping_version: str | None = None,
                        detail: dict[str, Any] | None = None) -> bool:
-        audit = {"owner": owner, **({"mapping_version": mapping_version} if mapping_version else {}),
-                 **(detail or {})}
         return await self._update("completing an envelope", q.COMPLETE,
                                   {"id": envelope_id, "owner": owner, "mapping_version": mapping_version},
-                                  "done", audit)
+                                  "completed", {"owner": owner, "mapping_version": mapping_version,
+                                                **(detail or {})})
 
     async def retry_at(self, envelope_id: int, owner: str, at: datetime, reason: str) -> bool:
-        return await self._update("scheduling a retry", q.RETRY_AT,
-                                  {"id": envelope_id, "owner": owner, "at": at, "reason": reason},
-                                  "retry_scheduled", {"owner": owner, "at": at.isoformat(), "reason": reason})
+        # RETRY_AT writes its own audit row (it carries the new attempt count).
+        done = await self._update("scheduling a retry", q.RETRY_AT,
+                                  {"id": envelope_id, "owner": owner, "at": at, "reason": reason})
+        if done:
+            log.info("retry_scheduled", store="postgres", envelope_id=envelope_id, retry_at=at.isoformat())
+        return done
 
     async def dead_letter(self, envelope_id: int, owner: str, reason: str) -> bool:
-        return await self._update("dead-lettering an envelope", q.DEAD_LETTER,
+        done = await self._update("dead-lettering an envelope", q.DEAD_LETTER,
                                   {"id": envelope_id, "owner": owner, "reason": reason},
                                   "dead_lettered", {"owner": owner, "reason": reason})
+        if done:
+            log.warning("dead_lettered", store="postgres", envelope_id=envelope_id)
+        return done
 
     async def release(self, envelope_id: int, owner: str) -> bool:
         return await self._update("releasing a claim", q.RELEASE, {"id": envelope_id, "owner": owner},
@@ -305,17 +318,26 @@ class PostgresStore:
             oldest, retrying, blocked = (await cur.fetchall())[0]
             cur = await conn.execute(q.STATS_SIZE, {"schema": self._schema})
             size = (await cur.fetchall())[0][0]
-        by_state: dict[str, int] = {}
+        by_state = {state.value: 0 for state in State}   # every state, as in SQLite
         for _, _, state, count in groups:
-            by_state[state] = by_state.get(state, 0) + count
+            by_state[state] += count
         return QueueStats(by_state=by_state,
                           by_source_kind_state={(s, k, st): c for s, k, st, c in groups},
                           oldest_waiting=aware(oldest), retrying=retrying, blocked_keys=blocked,
                           size_bytes=int(size))
 
     async def prune(self, *, older_than: datetime) -> int:
-        async with self._conn("pruning payloads") as conn:
-            cur = await conn.execute(q.PRUNE, {"older_than": older_than})
-            purged = max(cur.rowcount, 0)
-        log.info("store_pruned", backend="postgres", purged=purged)
+        rows = await self._fetch("pruning payloads", q.PRUNE, {"older_than": older_than, "now": utcnow()})
+        purged = int(rows[0][0])
+        log.info("payloads_purged", store="postgres", purged=purged)
         return purged
+
+
+_APPEND_EVENTS = {AppendOutcome.STORED: "envelope_stored", AppendOutcome.DUPLICATE: "envelope_duplicate",
+                  AppendOutcome.CONFLICT: "envelope_conflict"}
+
+
+def _log_appended(result: Appended) -> None:
+    env = result.envelope
+    log.info(_APPEND_EVENTS[result.outcome], store="postgres", envelope_id=env.id, source=env.source.value,
+             kind=env.kind, state=env.state.value, content_hash=env.content_hash[:16])

@@ -102,7 +102,7 @@ class GroupCommit:
             # fails every envelope alike, and retrying them one by one would only take longer.
             if len(items) == 1 or not isinstance(exc.__cause__, _DATA_ERRORS):
                 return [exc] * len(items)
-        log.warning("store_batch_split", backend="postgres", size=len(items))
+        log.warning("store_batch_split", store="postgres", size=len(items))
         results: list[Appended | StoreError] = []
         for item in items:
             try:

@@ -3,7 +3,7 @@
 A batch is one transaction. Every envelope is first inserted with `ON CONFLICT (dedup_key) DO
 NOTHING` (all of them in one pipelined `executemany`); the few that come back empty meet an
 existing dedup key and are resolved one by one:
-- same content: DUPLICATE, the first envelope is returned and nothing is written;
+- same content: DUPLICATE, the first envelope is returned (its audit notes the resend);
 - other content: CONFLICT, stored QUARANTINED under the derived key `<key>#conflict#<hash16>`
   (the same defect resent is that quarantined envelope again, still a CONFLICT);
 - with a dedup window, a first envelope received longer ago than the window no longer counts
@@ -49,9 +49,10 @@ def _params(new: NewEnvelope, now: datetime, *, content_hash: str, dedup_key: st
         "source": str(new.source), "kind": new.kind, "ordering_key": new.ordering_key,
         "dedup_key": dedup_key or new.dedup_key, "payload": new.payload, "content_hash": content_hash,
         "received_at": new.received_at, "state": str(state), "reason": reason or new.reason,
-        "meta": Jsonb(new.meta), "now": now, "event": "stored",
-        "detail": Jsonb({"source": str(new.source), "kind": new.kind, "state": str(state),
-                         "content_hash": content_hash}),
+        "meta": Jsonb(new.meta), "now": now,
+        "event": "stored" if state is State.QUEUED else str(state),
+        "detail": Jsonb({"content_hash": content_hash, "reason": reason or new.reason}
+                        if (reason or new.reason) else {"content_hash": content_hash}),
     }
 
 
@@ -67,6 +68,12 @@ async def _by_key(conn: psycopg.AsyncConnection[Any], dedup_key: str) -> Envelop
     return envelope_from_row(row) if row else None
 
 
+async def _audit(conn: psycopg.AsyncConnection[Any], envelope_id: int, now: datetime, event: str,
+                 detail: dict[str, Any]) -> None:
+    await conn.execute(q.INSERT_AUDIT,
+                       {"id": envelope_id, "now": now, "event": event, "detail": Jsonb(detail)})
+
+
 async def _resolve(conn: psycopg.AsyncConnection[Any], new: NewEnvelope, params: dict[str, Any],
                    now: datetime, window: timedelta | None) -> Appended:
     """The dedup key exists: duplicate, conflict, or an expired first delivery."""
@@ -78,21 +85,29 @@ async def _resolve(conn: psycopg.AsyncConnection[Any], new: NewEnvelope, params:
                 return Appended(stored, AppendOutcome.STORED)
             continue
         if window is not None and new.received_at - first.received_at > window:
-            await conn.execute(q.RENAME_DEDUP_KEY,
-                               {"id": first.id, "new_key": expired_key(new.dedup_key, first.id)})
-            await conn.execute(q.INSERT_AUDIT, {"id": first.id, "now": now, "event": "dedup_expired",
-                                                "detail": Jsonb({"window_seconds": window.total_seconds()})})
+            # Outside the window the same key is a new delivery (control ids get reused): move the
+            # old row's key aside so the unique constraint admits the new one.
+            aside = expired_key(new.dedup_key, first.id)
+            await conn.execute(q.RENAME_DEDUP_KEY, {"id": first.id, "new_key": aside, "now": now})
+            await _audit(conn, first.id, now, "dedup_key_expired", {"dedup_key": aside})
             continue
-        if first.content_hash == params["content_hash"]:
+        content_hash = params["content_hash"]
+        if first.content_hash == content_hash:
+            await _audit(conn, first.id, now, "duplicate", {"content_hash": content_hash})
             return Appended(first, AppendOutcome.DUPLICATE)
-        key = conflict_key(new.dedup_key, params["content_hash"])
-        quarantined = _params(new, now, content_hash=params["content_hash"], dedup_key=key,
-                              state=State.QUARANTINED,
-                              reason=f"dedup key reused with other content (first: envelope {first.id}); "
-                                     "a sender defect: review, then requeue or drop")
-        stored = await _insert(conn, quarantined) or await _by_key(conn, key)
+        key = conflict_key(new.dedup_key, content_hash)
+        reason = f"same dedup key {new.dedup_key} as envelope {first.id} with different content"
+        quarantined = _params(new, now, content_hash=content_hash, dedup_key=key, state=State.QUARANTINED,
+                              reason=reason)
+        stored = await _insert(conn, quarantined)
         if stored is not None:
+            await _audit(conn, first.id, now, "conflict",
+                         {"envelope_id": stored.id, "content_hash": content_hash})
             return Appended(stored, AppendOutcome.CONFLICT)
+        earlier = await _by_key(conn, key)
+        if earlier is not None:   # this very conflicting content was sent before: same answer again
+            await _audit(conn, earlier.id, now, "duplicate", {"content_hash": content_hash})
+            return Appended(earlier, AppendOutcome.CONFLICT)
     raise StoreError(f"appending {new.dedup_key!r}: its dedup key kept changing under concurrent appends",
                      hint="retry the append")
 

@@ -61,7 +61,7 @@ GET = f"SELECT {COLUMNS} FROM envelopes WHERE id = %(id)s"
 GET_BY_DEDUP_KEY = f"SELECT {COLUMNS} FROM envelopes WHERE dedup_key = %(dedup_key)s"
 
 # A delivery outside the dedup window frees its key: the old row keeps a derived, unique key.
-RENAME_DEDUP_KEY = "UPDATE envelopes SET dedup_key = %(new_key)s WHERE id = %(id)s"
+RENAME_DEDUP_KEY = "UPDATE envelopes SET dedup_key = %(new_key)s, updated_at = %(now)s WHERE id = %(id)s"
 
 # The head of an ordering key is its earliest envelope still QUEUED, CLAIMED or DEAD; only a head
 # is claimable, and only when it is QUEUED and due (and no other envelope of its key is CLAIMED),
@@ -69,7 +69,7 @@ RENAME_DEDUP_KEY = "UPDATE envelopes SET dedup_key = %(new_key)s WHERE id = %(id
 # The partial unique index catches whatever a stale snapshot lets through (see postgres.py).
 CLAIM = f"""
 WITH picked AS (
-    SELECT e.id, e.state AS old_state, e.lease_owner AS old_owner
+    SELECT e.id, e.state AS old_state, e.lease_owner AS old_owner, e.lease_until AS old_until
     FROM envelopes e
     WHERE e.state IN ('queued', 'claimed')
       AND CASE WHEN e.state = 'queued' THEN
@@ -80,7 +80,7 @@ WITH picked AS (
                                    WHERE b.ordering_key = e.ordering_key AND b.id < e.id
                                      AND b.state IN ('queued', 'claimed', 'dead'))
                ELSE
-                   e.lease_until <= %(now)s
+                   e.lease_until < %(now)s
                    -- an earlier QUEUED and due envelope (an operator requeue) does not strand it
                    AND NOT EXISTS (SELECT 1 FROM envelopes b
                                    WHERE b.ordering_key = e.ordering_key AND b.id < e.id
@@ -94,14 +94,14 @@ WITH picked AS (
     UPDATE envelopes e
     SET state = 'claimed', lease_owner = %(owner)s, lease_until = %(until)s, updated_at = %(now)s
     FROM picked WHERE e.id = picked.id
-    RETURNING e.*, picked.old_state, picked.old_owner
+    RETURNING e.*, picked.old_state, picked.old_owner, picked.old_until
 ), aud AS (
     INSERT INTO audit (envelope_id, at, event, detail)
     SELECT c.id, %(now)s, v.event, v.detail
     FROM claimed c
     CROSS JOIN LATERAL (VALUES
-        (1, 'lease_expired', jsonb_build_object('owner', c.old_owner, 'attempts', c.attempts)),
-        (2, 'claimed', jsonb_build_object('owner', %(owner)s::text, 'attempts', c.attempts))
+        (1, 'lease_expired', jsonb_build_object('previous_owner', c.old_owner, 'lease_until', c.old_until)),
+        (2, 'claimed', jsonb_build_object('owner', %(owner)s::text, 'lease_until', %(until)s::timestamptz))
     ) AS v(ord, event, detail)
     WHERE v.event = 'claimed' OR c.old_state = 'claimed'
     ORDER BY c.id, v.ord
@@ -115,15 +115,21 @@ EXTEND_LEASE = f"UPDATE envelopes SET lease_until = %(until)s, updated_at = %(no
 
 COMPLETE = f"""
 UPDATE envelopes SET state = 'done', lease_owner = NULL, lease_until = NULL, not_before = NULL,
-    reason = NULL, mapping_version = COALESCE(%(mapping_version)s, mapping_version), updated_at = %(now)s
+    reason = NULL, mapping_version = %(mapping_version)s, updated_at = %(now)s
 WHERE {_OWNED}
 """
 
 RETRY_AT = f"""
-UPDATE envelopes SET state = 'queued', lease_owner = NULL, lease_until = NULL, not_before = %(at)s,
-    attempts = attempts + 1, reason = %(reason)s, updated_at = %(now)s
-WHERE {_OWNED}
-RETURNING attempts
+WITH moved AS (
+    UPDATE envelopes SET state = 'queued', lease_owner = NULL, lease_until = NULL, not_before = %(at)s,
+        attempts = attempts + 1, reason = %(reason)s, updated_at = %(now)s
+    WHERE {_OWNED}
+    RETURNING id, attempts
+)
+INSERT INTO audit (envelope_id, at, event, detail)
+SELECT id, %(now)s, 'retry_scheduled', jsonb_build_object('owner', %(owner)s::text, 'at', %(at)s::timestamptz,
+                                                         'reason', %(reason)s::text, 'attempts', attempts)
+FROM moved
 """
 
 DEAD_LETTER = f"""
@@ -143,10 +149,11 @@ WHERE id = %(id)s AND state IN ('dead', 'quarantined')
 RETURNING state
 """
 
-# An operator may drop anything not finished and not held by a worker.
+# An operator may drop anything still waiting or held (a worker holding it then loses its lease).
 DROP = """
-UPDATE envelopes SET state = 'dropped', not_before = NULL, reason = %(reason)s, updated_at = %(now)s
-WHERE id = %(id)s AND state IN ('queued', 'dead', 'quarantined', 'rejected')
+UPDATE envelopes SET state = 'dropped', lease_owner = NULL, lease_until = NULL, not_before = NULL,
+    reason = %(reason)s, updated_at = %(now)s
+WHERE id = %(id)s AND state IN ('queued', 'claimed', 'dead', 'quarantined')
 """
 
 INSERT_AUDIT = ("INSERT INTO audit (envelope_id, at, event, detail) "
@@ -180,7 +187,10 @@ STATS_SCALARS = """
 SELECT
     (SELECT min(received_at) FROM envelopes WHERE state = 'queued'),
     (SELECT count(*) FROM envelopes WHERE state = 'queued' AND attempts > 0),
-    (SELECT count(DISTINCT ordering_key) FROM envelopes WHERE state = 'dead')
+    -- keys whose head (earliest queued/claimed/dead envelope) is a dead letter
+    (SELECT count(*) FROM envelopes e WHERE e.state = 'dead'
+        AND NOT EXISTS (SELECT 1 FROM envelopes b WHERE b.ordering_key = e.ordering_key AND b.id < e.id
+                          AND b.state IN ('queued', 'claimed', 'dead')))
 """
 STATS_SIZE = """
 SELECT COALESCE(sum(pg_total_relation_size(c.oid)), 0)::bigint
@@ -189,6 +199,12 @@ WHERE n.nspname = %(schema)s AND c.relkind = 'r'
 """
 
 PRUNE = """
-UPDATE envelopes SET payload = NULL
-WHERE state IN ('done', 'dropped', 'rejected') AND updated_at < %(older_than)s AND payload IS NOT NULL
+WITH purged AS (
+    UPDATE envelopes SET payload = NULL
+    WHERE state IN ('done', 'dropped', 'rejected') AND updated_at < %(older_than)s AND payload IS NOT NULL
+    RETURNING id
+), aud AS (
+    INSERT INTO audit (envelope_id, at, event, detail) SELECT id, %(now)s, 'purged', '{}' FROM purged
+)
+SELECT count(*) FROM purged
 """

@@ -178,6 +178,6 @@ async def migrate(conn: psycopg.AsyncConnection[Any], schema: str) -> list[str]:
             await conn.execute(text)  # no parameters: sent as one script of several statements
             await conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
                                (version, name))
-            log.info("store_migration_applied", backend="postgres", schema=schema, version=version)
+            log.info("store_migrated", store="postgres", schema=schema, version=version)
             applied.append(name)
     return applied

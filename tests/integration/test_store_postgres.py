@@ -169,7 +169,7 @@ async def test_two_nodes_claim_each_envelope_once_in_per_key_order(schema: str) 
         assert violations == []
         assert dict(claimed) == dict(ids_by_key)   # each once, and in arrival order per key
         stats = await b.stats()
-        assert stats.by_state == {"done": 200}
+        assert {k: v for k, v in stats.by_state.items() if v} == {"done": 200}
 
 
 async def test_claim_skips_rows_locked_by_another_node(schema: str) -> None:
@@ -240,7 +240,7 @@ async def test_concurrent_appends_of_one_dedup_key_store_it_once(schema: str) ->
                 conflict = next(r.envelope for r in pair if r.outcome is AppendOutcome.CONFLICT)
                 assert conflict.state is State.QUARANTINED and conflict.id != stored.id
         stats = await a.stats()
-        assert stats.by_state == {"queued": 60, "quarantined": 30}
+        assert {k: v for k, v in stats.by_state.items() if v} == {"queued": 60, "quarantined": 30}
 
 
 async def test_unique_index_stops_a_second_claim_of_one_key(schema: str) -> None:
