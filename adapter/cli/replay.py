@@ -44,8 +44,8 @@ def split_hl7(data: bytes) -> list[bytes]:
         data = data[3:]
     messages: list[list[bytes]] = []
     for line in _SEGMENT_END.split(data):
-        segment = line.strip(b" \t")
-        if not segment or segment[:3] in _BATCH:
+        segment = line.lstrip(b" \t")   # indentation is never HL7; trailing blanks may be data
+        if not segment.strip() or segment[:3] in _BATCH:
             continue
         if segment.startswith(b"MSH"):
             messages.append([])
