@@ -45,8 +45,7 @@ def _with_store(args: argparse.Namespace, body: Callable[[Store, Any], Awaitable
     config = load_config(args.config)
 
     async def main() -> int:
-        store = open_store(config.store.url, synchronous=config.store.synchronous,
-                           dedup_window_hours=config.mllp.dedup_window_hours)
+        store = open_store(config.store.url)   # the operator's commands need no tuning options
         await store.open()
         try:
             return await body(store, config)
