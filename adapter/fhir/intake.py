@@ -26,7 +26,7 @@ from adapter.envelope import Appended, AppendOutcome, NewEnvelope, Source, utcno
 from adapter.errors import ConfigError, FHIRInputError, PermanentError
 from adapter.fhir.emr_client import EMRFHIRClient
 from adapter.fhir.envelopes import OrderingKeys, new_envelope, rejected_envelope
-from adapter.fhir.notifications import Notification, parse_notification
+from adapter.fhir.notifications import Notification, is_gap, parse_notification
 from adapter.fhir.validate import FHIRVersion, Issue, Resource, canonical_bytes, validate_resource
 from adapter.store.base import Store
 
@@ -119,7 +119,7 @@ class FHIRIntake:
             news.extend(await self._read_each(note, extra))
         result.appended = await self._append(news)
         last = await self._counter(note.subscription)
-        result.gap = _is_gap(note, last)
+        result.gap = is_gap(note, last)
         if result.gap:
             log.warning("fhir_event_gap", count=len(note.event_numbers),
                         events_since_start=note.events_since_start, last_seen=last)
@@ -236,19 +236,6 @@ class FHIRIntake:
             return
         if new != last:
             await self.store.kv_put(f"fhir:events:{note.subscription}", str(new))
-
-
-def _is_gap(note: Notification, last: int | None) -> bool:
-    """True when events were generated that no notification brought us (R5 / backport counter)."""
-    if last is None or note.type == "handshake":
-        return False           # nothing known yet: the first delivery sets the counter
-    if note.carries_events:
-        if note.event_numbers:
-            return min(note.event_numbers) > last + 1
-        if note.events_since_start is not None:
-            return note.events_since_start > last + max(1, len(note.resources) + len(note.references))
-        return False
-    return note.events_since_start is not None and note.events_since_start > last
 
 
 def _instant(value: str) -> datetime:

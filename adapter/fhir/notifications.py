@@ -19,7 +19,7 @@ from typing import Any
 from adapter.errors import FHIRInputError
 from adapter.fhir.validate import FHIRVersion, validate_resource
 
-__all__ = ["BundledResource", "Notification", "parse_notification", "split_reference"]
+__all__ = ["BundledResource", "Notification", "is_gap", "parse_notification", "split_reference"]
 
 NOTIFICATION_TYPES = frozenset({"handshake", "heartbeat", "event-notification", "query-status",
                                 "query-event"})
@@ -182,3 +182,16 @@ def parse_notification(bundle: dict[str, Any]) -> Notification:
                         events_since_start=_int(fields.get("eventsSinceSubscriptionStart"),
                                                 f"{where}.eventsSinceSubscriptionStart"),
                         event_numbers=numbers, resources=resources, references=references)
+
+
+def is_gap(note: Notification, last: int | None) -> bool:
+    """True when events were generated that no notification brought us (R5 / backport counter)."""
+    if last is None or note.type == "handshake":
+        return False           # nothing known yet: the first delivery sets the counter
+    if note.carries_events:
+        if note.event_numbers:
+            return min(note.event_numbers) > last + 1
+        if note.events_since_start is not None:
+            return note.events_since_start > last + max(1, len(note.resources) + len(note.references))
+        return False
+    return note.events_since_start is not None and note.events_since_start > last

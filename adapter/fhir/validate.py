@@ -171,8 +171,10 @@ def validate_resource(data: dict[str, Any], *, version: FHIRVersion = "R4",
                                   hint=f"the resource does not conform to FHIR {version}") from None
     code_issues = check_codes(data, root=root, version=version) + check_invariants(data, root=root)
     if code_issues:
-        raise FHIRValidationError(code_issues, status=422,
-                                  hint="use a code of the value set the FHIR specification binds")
+        codes_only = all(i.code == "code-invalid" for i in code_issues)
+        hint = ("use a code of the value set the FHIR specification binds" if codes_only
+                else "fix the elements each issue's expression names")
+        raise FHIRValidationError(code_issues, status=422, hint=hint)
     meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
     rid = data.get("id")
     vid = meta.get("versionId") if meta else None
