@@ -71,6 +71,11 @@ class FrameDecoder:
         return (len(self._buf) + self._discarded) if self._in_frame else 0
 
     @property
+    def buffered(self) -> int:
+        """Bytes held in memory right now (bounded by the limit plus one read)."""
+        return len(self._buf)
+
+    @property
     def junk_pending(self) -> int:
         """Junk seen since the last frame and not yet reported with one."""
         return self._junk
