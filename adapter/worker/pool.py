@@ -58,18 +58,17 @@ def default_owner_id() -> str:
 
 
 def decode_payload(envelope: Envelope) -> str:
-    """The payload as text: in the charset the listener recorded (MSH-18), else UTF-8, else Latin-1
-    (every byte decodes, so a mislabelled message still maps and its fields say what is wrong)."""
+    """The payload as text, for display: an HL7 v2 message in its MSH-18 charset, anything else as
+    UTF-8 (JSON), with Latin-1 as the fallback that always decodes."""
     payload = envelope.payload or b""
-    charset = envelope.meta.get("charset") or envelope.meta.get("encoding")
-    for codec in (charset, "utf-8"):
-        if not codec:
-            continue
-        try:
-            return payload.decode(codec)
-        except (LookupError, UnicodeDecodeError):
-            continue
-    return payload.decode("latin-1")
+    if payload.startswith(b"MSH"):
+        from adapter.hl7.er7 import decode_bytes
+
+        return decode_bytes(payload)[0]
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return payload.decode("latin-1")
 
 
 @dataclass
@@ -213,7 +212,8 @@ class WorkerPool:
                     f"envelope {envelope.id} has no payload (purged by retention)",
                     hint="resend the message from the EMR; `queue drop ID --reason ...` to unblock")
             mapping_set = self.mapping_provider()
-            result = mapping_set.map(envelope.kind, decode_payload(envelope), source=source)
+            # Raw bytes: the engine decodes them by the message's own charset (MSH-18).
+            result = mapping_set.map(envelope.kind, envelope.payload, source=source)
             applied = await self.executor.execute(envelope, result)
         except anyio.get_cancelled_exc_class():
             raise
