@@ -221,6 +221,20 @@ async def test_drop_unblocks_key(store: Store) -> None:
     assert not await store.requeue(a1.id)
 
 
+async def test_requeued_quarantine_waits_for_claimed_envelope_of_its_key(store: Store) -> None:
+    """A quarantined envelope requeued while a later one of its key is claimed is not claimed beside it."""
+    first = (await store.append(new("patient:A", dedup_key="mllp:FAC|Q", payload=b"one"))).envelope
+    assert await store.complete((await claim_all(store))[0].id, "w1")
+    conflict = (await store.append(new("patient:A", dedup_key="mllp:FAC|Q", payload=b"two"))).envelope
+    later = (await store.append(new("patient:A"))).envelope
+    assert [e.id for e in await claim_all(store)] == [later.id]
+    assert await store.requeue(conflict.id, reason="checked by hand: a real correction")
+    assert await claim_all(store, "w2") == []
+    assert await store.complete(later.id, "w1")
+    assert [e.id for e in await claim_all(store, "w2")] == [conflict.id]
+    assert first.id < conflict.id < later.id
+
+
 async def test_retry_at_schedules_durably(store: Store) -> None:
     """retry_at: not claimable before `at` (nor is its key), claimable after, attempts incremented."""
     a1 = (await store.append(new("patient:A"))).envelope
