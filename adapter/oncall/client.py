@@ -36,15 +36,26 @@ _MAX_PAGES = 100_000
 
 
 class OnCallClient:
-    """Async client for the OnCall REST API. Create one per process; `aclose()` at shutdown."""
+    """Async client for the OnCall REST API. Create one per process; `aclose()` at shutdown.
+
+    `region` ("ca" | "us") or `base_url` picks the deployment; `auth_scheme` is the word before
+    the key ("Token", or "Bearer"); `timeout` sets all four httpx timeouts at once, or set them one
+    by one; `max_in_flight` bounds concurrent requests; `get_retries` re-sends a failed GET at most
+    that many times when the wait (Retry-After or backoff) is under `max_retry_wait` seconds;
+    `custom_field_ids` (label -> id) skips the lookup of custom field ids; `seed` makes the
+    backoff jitter reproducible; `transport` is for tests and proxies.
+    """
 
     def __init__(self, *, api_key: str, region: str | None = "ca", base_url: str | None = None,
-                 auth_scheme: str = "Token", connect_timeout: float = 5.0, read_timeout: float = 30.0,
-                 write_timeout: float = 30.0, pool_timeout: float = 30.0, max_in_flight: int = 8,
+                 auth_scheme: str = "Token", timeout: float | None = None, connect_timeout: float = 5.0,
+                 read_timeout: float = 30.0, write_timeout: float = 30.0, pool_timeout: float = 30.0,
+                 max_in_flight: int = 8,
                  get_retries: int = 2, max_retry_wait: float = 10.0, backoff_base: float = 0.5,
                  custom_field_ids: Mapping[str, str] | None = None, seed: int | None = None,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.base = Base.from_config(region=region, base_url=base_url)
+        if timeout is not None:   # one number for all four phases (the config's timeout_seconds)
+            connect_timeout = read_timeout = write_timeout = pool_timeout = timeout
         self._semaphore = anyio.Semaphore(max(1, max_in_flight))
         self._get_retries = max(0, get_retries)
         self._max_retry_wait = max_retry_wait
