@@ -36,7 +36,7 @@ def open_store(url: str, **opts: Any) -> Store:
             opts.setdefault(key, float(value) if key == "busy_timeout" else value.upper())
         return SQLiteStore(path, **opts)
     if scheme in ("postgresql", "postgres"):
-        from adapter.store.postgres import PostgresStore   # psycopg is only imported when used
+        from adapter.store.postgres import PostgresStore  # psycopg is only imported when used
 
         store: Store = PostgresStore(url, **opts)
         return store

@@ -48,7 +48,7 @@ def _insert(conn: sqlite3.Connection, new: NewEnvelope, now: datetime, *, dedup_
     envelope_id = cur.lastrowid
     assert envelope_id is not None
     if state is State.QUEUED:
-        fix_head(conn, new.ordering_key)
+        conn.execute(q.HEAD_IF_FIRST, {"id": envelope_id, "key": new.ordering_key})
     audit(conn, envelope_id, now, "stored" if state is State.QUEUED else state.value,
           {"content_hash": content_hash, "reason": reason} if reason else {"content_hash": content_hash})
     return Envelope(id=envelope_id, source=new.source, kind=new.kind, ordering_key=new.ordering_key,

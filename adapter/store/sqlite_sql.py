@@ -27,6 +27,7 @@ __all__ = [
     "GET",
     "GET_BY_DEDUP_KEY",
     "HEAD_CLEAR",
+    "HEAD_IF_FIRST",
     "HEAD_OF_KEY",
     "HEAD_SET",
     "PRUNE_AUDIT",
@@ -67,6 +68,11 @@ AUDIT = "INSERT INTO audit (envelope_id, at, event, detail) VALUES (?, ?, ?, ?)"
 HEAD_OF_KEY = f"SELECT min(id) FROM envelopes WHERE ordering_key = ? AND state IN {ACTIVE}"
 HEAD_CLEAR = "UPDATE envelopes SET head = NULL WHERE ordering_key = ? AND head = 1 AND id IS NOT ?"
 HEAD_SET = "UPDATE envelopes SET head = 1 WHERE id = ? AND head IS NULL"
+# A new envelope has the key's highest id: it is the head exactly when nothing of its key blocks.
+HEAD_IF_FIRST = f"""
+UPDATE envelopes SET head = 1 WHERE id = :id AND NOT EXISTS (
+    SELECT 1 FROM envelopes WHERE ordering_key = :key AND state IN {ACTIVE} AND id < :id)
+"""
 
 # Heads waiting, oldest first, whose retry time has come and whose key has nothing claimed.
 CLAIM_READY = """

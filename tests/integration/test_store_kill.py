@@ -96,7 +96,8 @@ async def test_claim_of_killed_process_expires_then_reclaims(tmp_path: Path) -> 
         later = utcnow() + timedelta(seconds=61)
         [again] = await store.claim("parent", limit=10, lease=timedelta(seconds=30), now=later)
         assert again.id == env.id and again.lease_owner == "parent" and again.attempts == 0
-        assert [h.event for h in await store.history(env.id)] == ["stored", "claimed", "lease_expired", "claimed"]
+        history = [h.event for h in await store.history(env.id)]
+        assert history == ["stored", "claimed", "lease_expired", "claimed"]
         assert await store.complete(env.id, "parent")
     finally:
         await store.close()

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from adapter.store.sqlite_sql import from_ts, prefix_upper_bound, to_ts
 
 _text = st.text(st.characters(exclude_categories=["Cs"]), max_size=6)
-_times = st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(9999, 1, 1),
-                      timezones=st.sampled_from([UTC, timezone(timedelta(hours=-5)), timezone(timedelta(hours=9))]))
+_zones = st.sampled_from([UTC, timezone(timedelta(hours=-5)), timezone(timedelta(hours=9))])
+_times = st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(9999, 1, 1), timezones=_zones)
 
 
 @given(prefix=_text, other=_text)
