@@ -76,6 +76,7 @@ class _Held:
     envelope: Envelope
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     lost: bool = False
+    finished: bool = False      # completed, retried or dead-lettered: nothing to give back
 
 
 class WorkerPool:
@@ -174,8 +175,13 @@ class WorkerPool:
                         work.start_soon(self._process_held, item)
                 keeper.cancel()
         finally:
-            for item in held:
-                self._held.pop(item.envelope.id, None)
+            # Shutdown (or a lost lease) interrupted some: give them back so another worker or
+            # process takes them at once rather than after the lease.
+            with anyio.CancelScope(shield=True):
+                for item in held:
+                    self._held.pop(item.envelope.id, None)
+                    if not item.finished and not item.lost:
+                        await self._release(item.envelope.id)
 
     async def _keep_leases(self, held: list[_Held], scope: anyio.CancelScope) -> None:
         with scope:
@@ -199,7 +205,7 @@ class WorkerPool:
     async def _process_held(self, item: _Held) -> None:
         with item.scope:
             await self.process(item.envelope)
-        self._held.pop(item.envelope.id, None)
+            item.finished = True
 
     # -- one envelope -------------------------------------------------------------------------
     async def process(self, envelope: Envelope) -> None:
@@ -270,12 +276,15 @@ class WorkerPool:
 
     async def _release_all(self) -> None:
         for envelope_id in list(self._held):
-            try:
-                await self.store.release(envelope_id, self.owner_id)
-                logger.info("claim_released", envelope_id=envelope_id, owner=self.owner_id)
-            except Exception as exc:
-                logger.warning("release_failed", envelope_id=envelope_id, error_type=type(exc).__name__)
+            await self._release(envelope_id)
         self._held.clear()
+
+    async def _release(self, envelope_id: int) -> None:
+        try:
+            if await self.store.release(envelope_id, self.owner_id):
+                logger.info("claim_released", envelope_id=envelope_id, owner=self.owner_id)
+        except Exception as exc:
+            logger.warning("release_failed", envelope_id=envelope_id, error_type=type(exc).__name__)
 
     # -- retention ----------------------------------------------------------------------------
     async def _pruner(self) -> None:

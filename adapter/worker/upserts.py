@@ -17,7 +17,7 @@ import structlog
 
 from adapter.envelope import utcnow
 from adapter.errors import PermanentError
-from adapter.oncall.matching import email_key
+from adapter.oncall.matching import email_key, name_tokens, phone_key
 from adapter.oncall.models import Appointment, Contact
 from adapter.oncall.urls import object_id
 from adapter.store.base import Store
@@ -59,6 +59,29 @@ def contact_values(op: Any) -> dict[str, Any]:
     return {name: _json(getattr(op, name)) for name in CONTACT_FIELDS if getattr(op, name, None) is not None}
 
 
+def _email_and_birth_agree(contact: Contact, values: dict[str, Any]) -> bool:
+    return bool(values.get("email") and values.get("date_of_birth")
+                and email_key(contact.email) == email_key(values["email"])
+                and contact.date_of_birth is not None
+                and contact.date_of_birth.isoformat() == values["date_of_birth"])
+
+
+def _all_agree(contact: Contact, values: dict[str, Any]) -> bool:
+    """Names, e-mail, phone and birth date, each as sent, all equal (and at least a name and one of
+    e-mail/phone present): the same person, whoever created the contact."""
+    if not (values.get("email") or values.get("phone")):
+        return False
+    checks = {
+        "first_name": lambda a, b: name_tokens(a) == name_tokens(b),
+        "last_name": lambda a, b: name_tokens(a) == name_tokens(b),
+        "email": lambda a, b: email_key(a) == email_key(b),
+        "phone": lambda a, b: phone_key(a) == phone_key(b),
+        "date_of_birth": lambda a, b: (a.isoformat() if a else None) == b,
+    }
+    return all(check(getattr(contact, name), values[name]) for name, check in checks.items()
+               if values.get(name) is not None)
+
+
 class ContactUpserts:
     def __init__(self, store: Store, client: Any, *, emr_id_label: str) -> None:
         self.store = store
@@ -72,6 +95,9 @@ class ContactUpserts:
         if known is not None:
             changes = {k: v for k, v in xref.changed_fields(values, known.detail).items()
                        if k not in CONTACT_CREATE_ONLY}
+            if known.detail.get("emr_id") is False:   # created before the field id was known
+                field_id = await self.client.custom_field_id(self.emr_id_label)
+                changes["custom_field_values"] = {field_id: pid}
             if changes:
                 await self.client.patch_contact(known.target, changes)
             await self._record(pid, known.target, values)
@@ -88,14 +114,13 @@ class ContactUpserts:
             return Applied("contact_upsert", action, "contacts", found.id)
         await self.store.xref_put(xref.PENDING, intent_key, "intent",
                                   {"envelope_id": envelope_id, "at": utcnow().isoformat()})
-        contact = await self._create(pid, values)
-        await self._record(pid, contact.url, values)
-        await self.store.xref_delete(xref.PENDING, intent_key)
+        contact = await self._create(pid, values, intent_key)
         return Applied("contact_upsert", "created", "contacts", contact.id)
 
     async def find(self, pid: str, values: dict[str, Any]) -> Contact | None:
         """The OnCall contact for this patient: one whose EMR id field is `pid`, or, lacking an EMR id,
-        whose e-mail and birth date both agree. A contact holding another EMR id never matches."""
+        whose e-mail and birth date both agree, or whose every identifying field sent agrees (what a
+        create interrupted before the EMR id was set leaves). One holding another EMR id never matches."""
         queries: list[dict[str, str]] = []
         if values.get("email"):
             queries.append({"email": values["email"]})
@@ -116,10 +141,7 @@ class ContactUpserts:
                     if str(emr_id) == pid:
                         return contact
                     continue
-                if (weak is None and values.get("email") and values.get("date_of_birth")
-                        and email_key(contact.email) == email_key(values["email"])
-                        and contact.date_of_birth is not None
-                        and contact.date_of_birth.isoformat() == values["date_of_birth"]):
+                if weak is None and (_email_and_birth_agree(contact, values) or _all_agree(contact, values)):
                     weak = contact
         return weak
 
@@ -136,7 +158,7 @@ class ContactUpserts:
         await self._record(pid, contact.url, values)
         return "adopted"
 
-    async def _create(self, pid: str, values: dict[str, Any]) -> Contact:
+    async def _create(self, pid: str, values: dict[str, Any], intent_key: str) -> Contact:
         try:
             field_id: str | None = await self.client.custom_field_id(self.emr_id_label)
         except PermanentError:
@@ -145,13 +167,20 @@ class ContactUpserts:
         if field_id is not None:
             body["custom_field_values"] = {field_id: pid}
         contact: Contact = await self.client.create_contact(body)
+        # Recorded before anything else can fail: a retry then patches, never creates again.
+        await self._record(pid, contact.url, values, emr_id=field_id is not None)
+        await self.store.xref_delete(xref.PENDING, intent_key)
         if field_id is None:
             field_id = await self.client.custom_field_id(self.emr_id_label)
             await self.client.patch_contact(contact.url, {"custom_field_values": {field_id: pid}})
+            await self._record(pid, contact.url, values)
         return contact
 
-    async def _record(self, pid: str, url: str, values: dict[str, Any]) -> None:
-        await self.store.xref_put(xref.PATIENT, pid, url, {"h": xref.field_hashes(values)})
+    async def _record(self, pid: str, url: str, values: dict[str, Any], *, emr_id: bool = True) -> None:
+        detail: dict[str, Any] = {"h": xref.field_hashes(values)}
+        if not emr_id:
+            detail["emr_id"] = False   # the EMR id custom field is still to be set
+        await self.store.xref_put(xref.PATIENT, pid, url, detail)
 
 
 class AppointmentUpserts:
