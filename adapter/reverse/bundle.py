@@ -90,13 +90,12 @@ class BundleBuilder:
         return resource
 
     def appointment(self, op: EMRAppointmentUpsert) -> dict[str, Any]:
-        cancelled = set(op.cancelled_participants)
         resource: dict[str, Any] = {
             "resourceType": "Appointment",
             "identifier": [self.identifier(op.oncall_url)],
             "status": op.status,
             "participant": [{"actor": {"reference": full_url(p.oncall_url), "display": _display(p)},
-                             "status": "declined" if p.oncall_url in cancelled else "accepted"}
+                             "status": "declined" if p.participation_cancelled else "accepted"}
                             for p in op.participants],
         }
         if op.start is not None and op.end is not None:

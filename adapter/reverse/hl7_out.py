@@ -100,11 +100,10 @@ class HL7Builder:
         sch.sch_16.xcn_1 = self.header.sending_application
         sch.sch_20.xcn_1 = self.header.sending_application
         sch.sch_25.ce_1 = _FILLER_STATUS[op.status]
-        cancelled = set(op.cancelled_participants)
         for index, patient in enumerate(op.participants, start=1):
             group = msg.add_group(f"{structure}_PATIENT")
             self._pid(group.pid, patient, index)
-            if patient.oncall_url in cancelled:
+            if patient.participation_cancelled:
                 group.pv1.pv1_2 = "N"
                 group.pv1.pv1_41 = "Cancelled"
         resources = msg.add_group(f"{structure}_RESOURCES")

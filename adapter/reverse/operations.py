@@ -40,6 +40,7 @@ class EMRPatient(BaseModel):
     birth_date: dt.date | None = None
     emr_patient_id: Annotated[str | None, Field(max_length=200)] = Field(
         None, description="the EMR's own id when OnCall knows it (contact custom field 'EMR id')")
+    participation_cancelled: bool = Field(False, description="this participant's place was cancelled")
 
     @model_validator(mode="after")
     def _named(self) -> EMRPatient:
@@ -49,11 +50,13 @@ class EMRPatient(BaseModel):
 
 
 @register_operation
-class EMRPatientUpsert(Operation):
+class EMRPatientUpsert(Operation, EMRPatient):
     summary: ClassVar[str] = ("Create or update one Patient in the EMR (conditional update on the OnCall "
                               "identifier): a roster contact found new or changed by the contacts scrape.")
     kind: Literal["emr_patient_upsert"] = "emr_patient_upsert"
-    patient: EMRPatient
+
+    def patient(self) -> EMRPatient:
+        return EMRPatient.model_validate(self.model_dump(exclude={"kind"}))
 
 
 @register_operation
@@ -64,14 +67,12 @@ class EMRAppointmentUpsert(Operation):
     oncall_url: _OnCallURL
     status: Literal[APPOINTMENT_STATUSES]  # type: ignore[valid-type]
     start: dt.datetime | None = None
-    end: dt.datetime | None = None
+    end: dt.datetime | None = Field(None, description="default: start + minutes_duration")
     minutes_duration: Annotated[int | None, Field(gt=0, le=24 * 60)] = None
     description: Annotated[str | None, Field(max_length=2000)] = None
     appointment_type: Annotated[str | None, Field(max_length=40)] = Field(
         None, description="OnCall's type: online, inperson, phone, message")
     participants: Annotated[list[EMRPatient], Field(min_length=1, max_length=25)]
-    cancelled_participants: list[str] = Field(
-        default_factory=list, description="OnCall URLs of participants whose participation is cancelled")
 
     @model_validator(mode="after")
     def _times(self) -> EMRAppointmentUpsert:
@@ -79,8 +80,11 @@ class EMRAppointmentUpsert(Operation):
             value = getattr(self, name)
             if value is not None and value.utcoffset() is None:
                 raise ValueError(f"{name} needs an explicit UTC offset")
+        if self.end is None and self.start is not None and self.minutes_duration:
+            object.__setattr__(self, "end", self.start + dt.timedelta(minutes=self.minutes_duration))
         if (self.start is None) != (self.end is None):
-            raise ValueError("start and end go together (FHIR Appointment invariant app-2)")
+            raise ValueError("start and end go together (FHIR Appointment invariant app-2): give end or "
+                             "minutes_duration with start")
         if self.start and self.end and self.end < self.start:
             raise ValueError("end is before start")
         urls = [p.oncall_url for p in self.participants]
