@@ -144,10 +144,10 @@ async def _show(store: Store, config: Any, *, envelope_id: int, show_phi: bool) 
 
 async def _print_operations(config: Any, envelope: Envelope, text: str) -> None:
     try:
-        from adapter.runtime import MappingHolder, mapping_dirs
+        from adapter.cli.replay import configured_mappings
 
-        result = MappingHolder(mapping_dirs(config), config.mappings.timezone).get().map(
-            envelope.kind, text, source=str(envelope.source))
+        result = configured_mappings(config).map(envelope.kind, envelope.payload or b"",
+                                                 source=str(envelope.source))
         ops = [op.to_json() if hasattr(op, "to_json") else op for op in result.operations]
         print(f"operations with the current mappings ({result.mapping_version}) (PHI):")
         print(json.dumps(ops, indent=2, default=str))

@@ -21,7 +21,7 @@ from typing import Any
 
 import anyio
 
-__all__ = ["Message", "read_messages", "register", "split_hl7"]
+__all__ = ["Message", "configured_mappings", "read_messages", "register", "split_hl7"]
 
 HL7_SUFFIXES = frozenset({".hl7", ".txt", ".er7"})
 FHIR_SUFFIXES = frozenset({".json", ".ndjson"})
@@ -172,24 +172,27 @@ async def _send_fhir(messages: list[Message], base: str, headers: dict[str, str]
     return results
 
 
+def configured_mappings(config: Any) -> Any:
+    """The mapping set `serve` would load: the shipped files, overridden by the configured folder."""
+    from adapter.mapping.loader import default_dirs, load_mapping_set
+
+    return load_mapping_set(default_dirs(config.mappings.dir), timezone=config.mappings.timezone)
+
+
 def _dry_run(args: argparse.Namespace, messages: list[Message]) -> int:
     from adapter.config import load_config
     from adapter.hl7.er7 import Message as Er7
-    from adapter.runtime import MappingHolder, mapping_dirs
 
-    config = load_config(args.config)
-    mapping_set = MappingHolder(mapping_dirs(config), config.mappings.timezone).get()
+    mapping_set = configured_mappings(load_config(args.config))
     failures = 0
     for message in messages:
         try:
             if message.kind == "hl7v2":
-                text = message.payload.decode("utf-8", errors="replace")
-                parsed = Er7.parse(text)
+                parsed = Er7.parse(message.payload.decode("latin-1"))   # MSH is ASCII in any charset
                 kind = f"{parsed.message_type}^{parsed.trigger}"
             else:
-                text = message.payload.decode("utf-8")
                 kind = str((message.resource or {}).get("resourceType"))
-            result = mapping_set.map(kind, text, source=message.kind)
+            result = mapping_set.map(kind, message.payload, source=message.kind)
             ops = [op.to_json() if hasattr(op, "to_json") else op for op in result.operations]
             print(json.dumps({"message": message.origin, "kind": kind, "route": str(result.route),
                               "operations": ops}, default=str))
