@@ -127,8 +127,13 @@ class PostgresStore:
             return await cur.fetchall()
 
     async def _update(self, action: str, query: str, params: dict[str, Any],
-                      event: str | None = None, detail: dict[str, Any] | None = None) -> bool:
-        """One UPDATE and, when it changed the row, its audit row, in one transaction."""
+                      event: str | None = None, detail: dict[str, Any] | None = None,
+                      *, moves_head: bool = False) -> bool:
+        """One UPDATE and, when it changed the row, its audit row (and its key's head), in one transaction.
+
+        A query that `moves_head` returns the ordering key: its head is fixed under the key's lock,
+        taken after the UPDATE (the head is computed after the lock, which is what matters).
+        """
         now = params.setdefault("now", utcnow())
         async with self._conn(action) as conn, conn.transaction():
             cur = await conn.execute(query, params)
@@ -136,6 +141,12 @@ class PostgresStore:
                 if "owner" in params:
                     log.info("lease_lost", store="postgres", envelope_id=params["id"], owner=params["owner"])
                 return False
+            if moves_head:
+                row = await cur.fetchone()
+                assert row is not None
+                await conn.execute(q.LOCK_KEYS, {"keys": [row[0]]})
+                await conn.execute(q.HEAD_CLEAR, {"key": row[0]})
+                await conn.execute(q.HEAD_SET, {"key": row[0]})
             if event:
                 await conn.execute(q.INSERT_AUDIT, {"id": params["id"], "now": now, "event": event,
                                                     "detail": Jsonb(detail or {})})
@@ -223,7 +234,7 @@ class PostgresStore:
         return await self._update("completing an envelope", q.COMPLETE,
                                   {"id": envelope_id, "owner": owner, "mapping_version": mapping_version},
                                   "completed", {"owner": owner, "mapping_version": mapping_version,
-                                                **(detail or {})})
+                                                **(detail or {})}, moves_head=True)
 
     async def retry_at(self, envelope_id: int, owner: str, at: datetime, reason: str) -> bool:
         # RETRY_AT writes its own audit row (it carries the new attempt count).
@@ -247,11 +258,11 @@ class PostgresStore:
 
     async def requeue(self, envelope_id: int, *, reason: str = "requeued by operator") -> bool:
         return await self._update("requeueing an envelope", q.REQUEUE, {"id": envelope_id},
-                                  "requeued", {"reason": reason})
+                                  "requeued", {"reason": reason}, moves_head=True)
 
     async def drop(self, envelope_id: int, reason: str) -> bool:
         return await self._update("dropping an envelope", q.DROP, {"id": envelope_id, "reason": reason},
-                                  "dropped", {"reason": reason})
+                                  "dropped", {"reason": reason}, moves_head=True)
 
     # -- crosswalk --------------------------------------------------------------------------
     @staticmethod

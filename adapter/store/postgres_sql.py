@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "APPEND",
+    "BLOCKING",
     "CLAIM",
     "COLUMNS",
     "COMPLETE",
@@ -17,10 +18,13 @@ __all__ = [
     "EXTEND_LEASE",
     "GET",
     "GET_BY_DEDUP_KEY",
+    "HEAD_CLEAR",
+    "HEAD_SET",
     "HISTORY",
     "INSERT_AUDIT",
     "KV_GET",
     "KV_PUT",
+    "LOCK_KEYS",
     "PRUNE",
     "RELEASE",
     "RENAME_DEDUP_KEY",
@@ -40,14 +44,36 @@ __all__ = [
 COLUMNS = ("id, source, kind, ordering_key, dedup_key, payload, content_hash, received_at, state, "
            "attempts, not_before, lease_owner, lease_until, reason, meta, mapping_version, updated_at")
 
+BLOCKING = "('queued', 'claimed', 'dead')"   # states that block later envelopes of their key
+
+# Serialises changes to the heads of these ordering keys (appends, and transitions that move a
+# head). Locks are taken in hash order, so two transactions never wait on each other in a cycle.
+LOCK_KEYS = """
+SELECT pg_advisory_xact_lock(h) FROM (
+    SELECT DISTINCT hashtextextended(current_schema() || '|' || k, 0) AS h
+    FROM unnest(%(keys)s::text[]) AS k ORDER BY h OFFSET 0
+) AS sorted
+"""
+_HEAD_OF_KEY = f"SELECT min(id) FROM envelopes WHERE ordering_key = %(key)s AND state IN {BLOCKING}"
+# Two statements, clear then set, because the one-head-per-key index is checked row by row.
+HEAD_CLEAR = f"""
+UPDATE envelopes SET head = NULL
+WHERE ordering_key = %(key)s AND head AND id IS DISTINCT FROM ({_HEAD_OF_KEY})
+"""
+HEAD_SET = f"UPDATE envelopes SET head = true WHERE id = ({_HEAD_OF_KEY}) AND head IS NULL"
+
 # Insert unless the dedup key exists (then nothing comes back and the caller looks at the first one).
 # The audit row is written by the same statement: one round trip per envelope.
 APPEND = f"""
 WITH ins AS (
     INSERT INTO envelopes (source, kind, ordering_key, dedup_key, payload, content_hash, received_at,
-                           state, reason, meta, updated_at)
+                           state, reason, meta, updated_at, head)
     VALUES (%(source)s, %(kind)s, %(ordering_key)s, %(dedup_key)s, %(payload)s, %(content_hash)s,
-            %(received_at)s, %(state)s, %(reason)s, %(meta)s, %(now)s)
+            %(received_at)s, %(state)s, %(reason)s, %(meta)s, %(now)s,
+            -- a queued envelope heads its key when nothing else blocks it (the key is locked)
+            CASE WHEN %(state)s = 'queued' AND NOT EXISTS (
+                SELECT 1 FROM envelopes b WHERE b.ordering_key = %(ordering_key)s AND b.state IN {BLOCKING})
+            THEN true END)
     ON CONFLICT (dedup_key) DO NOTHING
     RETURNING {COLUMNS}
 ), aud AS (
@@ -63,33 +89,30 @@ GET_BY_DEDUP_KEY = f"SELECT {COLUMNS} FROM envelopes WHERE dedup_key = %(dedup_k
 # A delivery outside the dedup window frees its key: the old row keeps a derived, unique key.
 RENAME_DEDUP_KEY = "UPDATE envelopes SET dedup_key = %(new_key)s, updated_at = %(now)s WHERE id = %(id)s"
 
-# The head of an ordering key is its earliest envelope still QUEUED, CLAIMED or DEAD; only a head
-# is claimable, and only when it is QUEUED and due (and no other envelope of its key is CLAIMED),
-# or CLAIMED with an expired lease (its worker died). Rows locked by a concurrent claim are skipped.
-# The partial unique index catches whatever a stale snapshot lets through (see postgres.py).
+# Claimable: a head that is QUEUED and due, when no other envelope of its key is CLAIMED (an
+# operator requeue can put a head before a claim), and any claim whose lease has expired (its
+# worker died). Rows locked by a concurrent claim are skipped. The partial unique index (one
+# CLAIMED per key) catches whatever a stale snapshot lets through (see postgres.py).
 CLAIM = f"""
-WITH picked AS (
+WITH ready AS (
     SELECT e.id, e.state AS old_state, e.lease_owner AS old_owner, e.lease_until AS old_until
     FROM envelopes e
-    WHERE e.state IN ('queued', 'claimed')
-      AND CASE WHEN e.state = 'queued' THEN
-                   (e.not_before IS NULL OR e.not_before <= %(now)s)
-                   AND NOT EXISTS (SELECT 1 FROM envelopes c
-                                   WHERE c.ordering_key = e.ordering_key AND c.state = 'claimed')
-                   AND NOT EXISTS (SELECT 1 FROM envelopes b
-                                   WHERE b.ordering_key = e.ordering_key AND b.id < e.id
-                                     AND b.state IN ('queued', 'claimed', 'dead'))
-               ELSE
-                   e.lease_until < %(now)s
-                   -- an earlier QUEUED and due envelope (an operator requeue) does not strand it
-                   AND NOT EXISTS (SELECT 1 FROM envelopes b
-                                   WHERE b.ordering_key = e.ordering_key AND b.id < e.id
-                                     AND b.state IN ('queued', 'claimed', 'dead')
-                                     AND (b.state <> 'queued' OR b.not_before > %(now)s))
-          END
+    WHERE e.head AND e.state = 'queued' AND (e.not_before IS NULL OR e.not_before <= %(now)s)
+      AND NOT EXISTS (SELECT 1 FROM envelopes c WHERE c.ordering_key = e.ordering_key AND c.state = 'claimed')
     ORDER BY e.id
     LIMIT %(limit)s
     FOR UPDATE OF e SKIP LOCKED
+), expired AS (
+    SELECT e.id, e.state AS old_state, e.lease_owner AS old_owner, e.lease_until AS old_until
+    FROM envelopes e
+    WHERE e.state = 'claimed' AND e.lease_until < %(now)s
+    ORDER BY e.lease_until
+    LIMIT %(limit)s
+    FOR UPDATE OF e SKIP LOCKED
+), picked AS (
+    SELECT * FROM ready UNION ALL SELECT * FROM expired
+    ORDER BY id
+    LIMIT %(limit)s
 ), claimed AS (
     UPDATE envelopes e
     SET state = 'claimed', lease_owner = %(owner)s, lease_until = %(until)s, updated_at = %(now)s
@@ -113,10 +136,12 @@ _OWNED = "id = %(id)s AND state = 'claimed' AND lease_owner = %(owner)s"
 
 EXTEND_LEASE = f"UPDATE envelopes SET lease_until = %(until)s, updated_at = %(now)s WHERE {_OWNED}"
 
+# COMPLETE, DROP and REQUEUE move their key's head: they return the key for the caller to fix it.
 COMPLETE = f"""
-UPDATE envelopes SET state = 'done', lease_owner = NULL, lease_until = NULL, not_before = NULL,
+UPDATE envelopes SET state = 'done', head = NULL, lease_owner = NULL, lease_until = NULL, not_before = NULL,
     reason = NULL, mapping_version = %(mapping_version)s, updated_at = %(now)s
 WHERE {_OWNED}
+RETURNING ordering_key
 """
 
 RETRY_AT = f"""
@@ -146,14 +171,15 @@ WHERE {_OWNED}
 REQUEUE = """
 UPDATE envelopes SET state = 'queued', attempts = 0, not_before = NULL, reason = NULL, updated_at = %(now)s
 WHERE id = %(id)s AND state IN ('dead', 'quarantined')
-RETURNING state
+RETURNING ordering_key
 """
 
 # An operator may drop anything still waiting or held (a worker holding it then loses its lease).
 DROP = """
-UPDATE envelopes SET state = 'dropped', lease_owner = NULL, lease_until = NULL, not_before = NULL,
-    reason = %(reason)s, updated_at = %(now)s
+UPDATE envelopes SET state = 'dropped', head = NULL, lease_owner = NULL, lease_until = NULL,
+    not_before = NULL, reason = %(reason)s, updated_at = %(now)s
 WHERE id = %(id)s AND state IN ('queued', 'claimed', 'dead', 'quarantined')
+RETURNING ordering_key
 """
 
 INSERT_AUDIT = ("INSERT INTO audit (envelope_id, at, event, detail) "
@@ -187,10 +213,7 @@ STATS_SCALARS = """
 SELECT
     (SELECT min(received_at) FROM envelopes WHERE state = 'queued'),
     (SELECT count(*) FROM envelopes WHERE state = 'queued' AND attempts > 0),
-    -- keys whose head (earliest queued/claimed/dead envelope) is a dead letter
-    (SELECT count(*) FROM envelopes e WHERE e.state = 'dead'
-        AND NOT EXISTS (SELECT 1 FROM envelopes b WHERE b.ordering_key = e.ordering_key AND b.id < e.id
-                          AND b.state IN ('queued', 'claimed', 'dead')))
+    (SELECT count(*) FROM envelopes WHERE head AND state = 'dead')   -- keys behind a dead letter
 """
 STATS_SIZE = """
 SELECT COALESCE(sum(pg_total_relation_size(c.oid)), 0)::bigint

@@ -168,8 +168,95 @@ async def test_two_nodes_claim_each_envelope_once_in_per_key_order(schema: str) 
 
         assert violations == []
         assert dict(claimed) == dict(ids_by_key)   # each once, and in arrival order per key
+        assert _head_violations(schema) == []
         stats = await b.stats()
         assert {k: v for k, v in stats.by_state.items() if v} == {"done": 200}
+
+
+def _head_violations(schema: str) -> list[str]:
+    """Keys whose `head` is not exactly their earliest queued/claimed/dead envelope (one snapshot)."""
+    with psycopg.connect(DSN) as conn:
+        rows = conn.execute(sql.SQL("SELECT ordering_key, id, state, head FROM {} ORDER BY id")
+                            .format(sql.Identifier(schema, "envelopes"))).fetchall()
+    heads: dict[str, list[int]] = defaultdict(list)
+    first: dict[str, int] = {}
+    for key, id_, state, head in rows:
+        if head:
+            heads[key].append(id_)
+        if state in ("queued", "claimed", "dead"):
+            first.setdefault(key, id_)
+    return [key for key in set(heads) | set(first)
+            if heads.get(key, []) != ([first[key]] if key in first else [])]
+
+
+async def test_heads_stay_right_under_concurrent_nodes_and_operators(schema: str) -> None:
+    """With two nodes completing, retrying, releasing and dead-lettering, an operator requeueing and
+    dropping, and a listener appending meanwhile, every committed state has exactly one head per
+    key (its earliest queued/claimed/dead envelope), each key's envelopes complete in arrival order,
+    and everything ends done or dropped."""
+    rng = random.Random(7)
+    async with node(schema) as a, node(schema) as b:
+        await a.append_many([new(i, f"K{rng.randrange(15)}") for i in range(150)])
+        completed: dict[str, list[int]] = defaultdict(list)
+        snapshots_bad: list[list[str]] = []
+        finished = anyio.Event()
+
+        async def worker(store: PostgresStore, owner: str) -> None:
+            while not finished.is_set():
+                for env in await store.claim(owner, limit=3, lease=LEASE):
+                    roll = rng.random()
+                    if roll < 0.7:
+                        completed[env.ordering_key].append(env.id)
+                        assert await store.complete(env.id, owner)
+                    elif roll < 0.8:
+                        assert await store.retry_at(env.id, owner, utcnow(), "transient")
+                    elif roll < 0.9:
+                        assert await store.release(env.id, owner)
+                    else:
+                        assert await store.dead_letter(env.id, owner, "permanent")
+                await anyio.lowlevel.checkpoint()
+
+        async def operator() -> None:
+            while not finished.is_set():
+                for env in await b.list(states=[State.DEAD], limit=5):
+                    if rng.random() < 0.8:
+                        await b.requeue(env.id)
+                    else:
+                        await b.drop(env.id, "given up")
+                left = await b.list(states=[State.QUEUED, State.CLAIMED, State.DEAD], limit=1)
+                if not left and appended.is_set():
+                    finished.set()
+                await anyio.sleep(0.005)
+
+        async def listener() -> None:
+            for i in range(150, 200):
+                await a.append(new(i, f"K{rng.randrange(15)}"))
+            appended.set()
+
+        async def checker() -> None:
+            while not finished.is_set():
+                bad = await anyio.to_thread.run_sync(_head_violations, schema)
+                if bad:
+                    snapshots_bad.append(bad)
+                await anyio.sleep(0.01)
+
+        appended = anyio.Event()
+        with anyio.fail_after(120):
+            async with anyio.create_task_group() as tg:
+                for n in range(2):
+                    tg.start_soon(worker, a, f"a{n}")
+                    tg.start_soon(worker, b, f"b{n}")
+                tg.start_soon(operator)
+                tg.start_soon(listener)
+                tg.start_soon(checker)
+
+        assert snapshots_bad == []
+        assert _head_violations(schema) == []
+        for key, ids in completed.items():
+            assert ids == sorted(ids), key
+        stats = await a.stats()
+        assert stats.by_state["done"] + stats.by_state["dropped"] == 200
+        assert stats.by_state["done"] == sum(len(ids) for ids in completed.values())
 
 
 async def test_claim_skips_rows_locked_by_another_node(schema: str) -> None:

@@ -24,19 +24,26 @@ CREATE TABLE envelopes (
     meta            jsonb       NOT NULL DEFAULT '{}'::jsonb,
     mapping_version text,
     updated_at      timestamptz NOT NULL,
+    -- true on the earliest queued/claimed/dead envelope of its ordering key, the only one a claim
+    -- looks at; kept under a per-key advisory lock by every change that can move it (postgres.py).
+    head            boolean,
     CONSTRAINT envelopes_dedup_key_key UNIQUE (dedup_key),
     CONSTRAINT envelopes_state_check CHECK (state IN
         ('queued', 'claimed', 'done', 'dead', 'rejected', 'quarantined', 'dropped')),
     CONSTRAINT envelopes_attempts_check CHECK (attempts >= 0),
     CONSTRAINT envelopes_lease_check CHECK (
-        (state = 'claimed') = (lease_owner IS NOT NULL AND lease_until IS NOT NULL))
+        (state = 'claimed') = (lease_owner IS NOT NULL AND lease_until IS NOT NULL)),
+    CONSTRAINT envelopes_head_check CHECK (head IS NULL OR (head AND state IN ('queued', 'claimed', 'dead')))
 );
 
 -- The last line of defence for per-key order across nodes.
 CREATE UNIQUE INDEX envelopes_one_claim_per_key ON envelopes (ordering_key) WHERE state = 'claimed';
--- claim(): walk claimable rows in arrival order without touching finished ones.
-CREATE INDEX envelopes_claimable ON envelopes (id) WHERE state IN ('queued', 'claimed');
--- claim(): "is there an earlier blocking envelope of this key?" is one index probe.
+-- At most one head per ordering key.
+CREATE UNIQUE INDEX envelopes_one_head_per_key ON envelopes (ordering_key) WHERE head;
+-- claim(): waiting heads in arrival order, and expired leases; neither walks a blocked backlog.
+CREATE INDEX envelopes_ready ON envelopes (id) WHERE head AND state = 'queued';
+CREATE INDEX envelopes_leases ON envelopes (lease_until) WHERE state = 'claimed';
+-- Finding a key's next head: its earliest envelope still blocking it.
 CREATE INDEX envelopes_blocking_by_key ON envelopes (ordering_key, id)
     WHERE state IN ('queued', 'claimed', 'dead');
 -- list() by state, prune() by age.
