@@ -18,16 +18,26 @@ from adapter.store.base import AuditEntry, QueueStats, Store, Xref
 
 __all__ = ["AuditEntry", "QueueStats", "Store", "Xref", "open_store"]
 
-_SQLITE_OPTIONS = {"synchronous", "busy_timeout"}
+_SQLITE_OPTIONS = {"synchronous", "busy_timeout"}   # accepted in a sqlite URL's query string
+# Options that only mean something to one backend: the composition root passes the whole [store]
+# section, and the other backend leaves these out (they describe SQLite's file or PG's pool).
+_ONLY_SQLITE = frozenset({"synchronous", "busy_timeout", "max_batch"})
+_ONLY_POSTGRES = frozenset({"schema", "min_size", "max_size", "connect_timeout", "group_commit",
+                            "commit_window"})
 
 
 def open_store(url: str, **opts: Any) -> Store:
-    """Build the store named by `url`; `opts` go to its constructor (e.g. synchronous="NORMAL",
-    dedup_window=timedelta(days=7) for SQLite; schema="adapter" for PostgreSQL)."""
+    """Build the store named by `url`; `opts` go to its constructor.
+
+    Common: dedup_window (timedelta). SQLite only: synchronous ("FULL"/"NORMAL"), busy_timeout
+    (seconds), max_batch. PostgreSQL only: schema, min_size, max_size, connect_timeout, ...
+    An option of the other backend is left out, so callers can pass one set for both.
+    """
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     if scheme == "sqlite":
         from adapter.store.sqlite import SQLiteStore
 
+        opts = {k: v for k, v in opts.items() if k not in _ONLY_POSTGRES}
         path, query = _sqlite_path(url)
         for key, value in query.items():
             if key not in _SQLITE_OPTIONS:
@@ -38,7 +48,7 @@ def open_store(url: str, **opts: Any) -> Store:
     if scheme in ("postgresql", "postgres"):
         from adapter.store.postgres import PostgresStore  # psycopg is only imported when used
 
-        store: Store = PostgresStore(url, **opts)
+        store: Store = PostgresStore(url, **{k: v for k, v in opts.items() if k not in _ONLY_SQLITE})
         return store
     raise ConfigError("store.url", url, "a URL starting with sqlite:/// (a file) or postgresql:// "
                       "(a database), e.g. sqlite:///var/oncall-adapter.db")

@@ -107,6 +107,8 @@ class Writer:
         self._closing = False
 
     async def start(self) -> None:
+        if self._thread is not None:
+            raise StoreError(f"the SQLite store {self.path} is already open (or was closed: make a new one)")
         self._thread = threading.Thread(target=self._main, name=f"sqlite-writer:{self.path.name}",
                                         daemon=True)
         self._thread.start()
@@ -222,8 +224,12 @@ class Reader:
         self._idle: list[sqlite3.Connection] = []
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._closed = False
 
     async def run(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise StoreError(f"the SQLite store {self.path} is closed",
+                             hint="open() it first; this is a shutdown-order bug if seen in serve")
         return await anyio.to_thread.run_sync(self._run, op)
 
     def _run(self, op: Callable[[sqlite3.Connection], T]) -> T:
@@ -249,6 +255,7 @@ class Reader:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             for conn in self._all:
                 conn.close()
             self._all.clear()
