@@ -54,7 +54,10 @@ class WebhookDispatcher:
         http = httpx.AsyncClient(timeout=self.settings.webhook_timeout, follow_redirects=False)
         async with http, self._receive:
             async for delivery_id in self._receive:
-                await self._deliver(http, delivery_id)
+                try:
+                    await self._deliver(http, delivery_id)
+                except Exception as exc:   # one bad delivery must not stop the others
+                    log.error("sandbox_webhook_error", delivery=delivery_id, error=type(exc).__name__)
 
     def close(self) -> None:
         """Stop accepting; `run` returns once what was queued has been tried."""
@@ -79,7 +82,7 @@ class WebhookDispatcher:
                 if response.status_code < 300:
                     self.db.update("webhook_deliveries", delivery_id, status="delivered", attempts=attempt,
                                    last_error=None, updated_at=now_iso())
-                    log.debug("sandbox_webhook_delivered", delivery=delivery_id, event=row["event"],
+                    log.debug("sandbox_webhook_delivered", delivery=delivery_id, webhook_event=row["event"],
                               attempts=attempt)
                     return
                 error = f"HTTP {response.status_code}"
@@ -89,4 +92,4 @@ class WebhookDispatcher:
                            last_error=error, updated_at=now_iso())
         self.db.update("webhook_deliveries", delivery_id, status="failed", last_error=error,
                        updated_at=now_iso())
-        log.warning("sandbox_webhook_failed", delivery=delivery_id, event=row["event"], error=error)
+        log.warning("sandbox_webhook_failed", delivery=delivery_id, webhook_event=row["event"], error=error)
