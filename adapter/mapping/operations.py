@@ -118,7 +118,7 @@ class ContactUpsert(Operation):
     email: Email = None
     phone: Annotated[str | None, Field(max_length=40)] = None
     sex: Literal["male", "female", "Unknown"] | None = None
-    date_of_birth: dt.date | None = Field(None, description="YYYY-MM-DD")
+    date_of_birth: dt.date | None = None
     division: Url = None
     provider: Url = None
     notes: Text = None
