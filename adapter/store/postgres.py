@@ -129,27 +129,26 @@ class PostgresStore:
     async def _update(self, action: str, query: str, params: dict[str, Any],
                       event: str | None = None, detail: dict[str, Any] | None = None,
                       *, moves_head: bool = False) -> bool:
-        """One UPDATE and, when it changed the row, its audit row (and its key's head), in one transaction.
+        """One state change (an UPDATE that audits itself, see postgres_sql._audited) in one transaction.
 
-        A query that `moves_head` returns the ordering key: its head is fixed under the key's lock,
-        taken after the UPDATE (the head is computed after the lock, which is what matters).
+        When it `moves_head`, the key's lock is taken first and its head fixed after, all sent as one
+        pipeline: one network round trip whatever the number of statements.
         """
-        now = params.setdefault("now", utcnow())
-        async with self._conn(action) as conn, conn.transaction():
-            cur = await conn.execute(query, params)
-            if cur.rowcount != 1:
-                if "owner" in params:
-                    log.info("lease_lost", store="postgres", envelope_id=params["id"], owner=params["owner"])
-                return False
+        params.setdefault("now", utcnow())
+        if event is not None:
+            params.update(event=event, detail=Jsonb(detail or {}))
+        key_of = {"id": params["id"]}
+        async with self._conn(action) as conn, conn.pipeline(), conn.transaction():
             if moves_head:
-                row = await cur.fetchone()
-                assert row is not None
-                await conn.execute(q.LOCK_KEYS, {"keys": [row[0]]})
-                await conn.execute(q.HEAD_CLEAR, {"key": row[0]})
-                await conn.execute(q.HEAD_SET, {"key": row[0]})
-            if event:
-                await conn.execute(q.INSERT_AUDIT, {"id": params["id"], "now": now, "event": event,
-                                                    "detail": Jsonb(detail or {})})
+                await conn.execute(q.LOCK_KEY_OF, key_of)
+            cur = await conn.execute(query, params)
+            if moves_head:   # harmless when nothing changed: the head is recomputed as it was
+                await conn.execute(q.HEAD_CLEAR, key_of)
+                await conn.execute(q.HEAD_SET, key_of)
+        if cur.rowcount != 1:
+            if "owner" in params:
+                log.info("lease_lost", store="postgres", envelope_id=params["id"], owner=params["owner"])
+            return False
         return True
 
     # -- inbox ------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ __all__ = [
     "KV_GET",
     "KV_PUT",
     "LOCK_KEYS",
+    "LOCK_KEY_OF",
     "PRUNE",
     "RELEASE",
     "RENAME_DEDUP_KEY",
@@ -54,11 +55,18 @@ SELECT pg_advisory_xact_lock(h) FROM (
     FROM unnest(%(keys)s::text[]) AS k ORDER BY h OFFSET 0
 ) AS sorted
 """
-_HEAD_OF_KEY = f"SELECT min(id) FROM envelopes WHERE ordering_key = %(key)s AND state IN {BLOCKING}"
-# Two statements, clear then set, because the one-head-per-key index is checked row by row.
+# The same lock, for the key of envelope %(id)s (a transition takes it before it changes the row).
+LOCK_KEY_OF = """
+SELECT pg_advisory_xact_lock(hashtextextended(current_schema() || '|' || ordering_key, 0))
+FROM envelopes WHERE id = %(id)s
+"""
+_KEY_OF = "(SELECT ordering_key FROM envelopes WHERE id = %(id)s)"
+_HEAD_OF_KEY = f"SELECT min(id) FROM envelopes WHERE ordering_key = {_KEY_OF} AND state IN {BLOCKING}"
+# Fix the head of envelope %(id)s's key, under its lock. Two statements, clear then set, because
+# the one-head-per-key index is checked row by row.
 HEAD_CLEAR = f"""
 UPDATE envelopes SET head = NULL
-WHERE ordering_key = %(key)s AND head AND id IS DISTINCT FROM ({_HEAD_OF_KEY})
+WHERE ordering_key = {_KEY_OF} AND head AND id IS DISTINCT FROM ({_HEAD_OF_KEY})
 """
 HEAD_SET = f"UPDATE envelopes SET head = true WHERE id = ({_HEAD_OF_KEY}) AND head IS NULL"
 
@@ -134,15 +142,24 @@ SELECT {COLUMNS}, old_state, old_owner FROM claimed ORDER BY id
 
 _OWNED = "id = %(id)s AND state = 'claimed' AND lease_owner = %(owner)s"
 
+
+def _audited(update: str) -> str:
+    """An UPDATE and the audit row (%(event)s, %(detail)s) of the row it changed, in one statement."""
+    return f"""
+WITH moved AS ({update} RETURNING id), aud AS (
+    INSERT INTO audit (envelope_id, at, event, detail) SELECT id, %(now)s, %(event)s, %(detail)s FROM moved
+)
+SELECT id FROM moved
+"""
+
+
 EXTEND_LEASE = f"UPDATE envelopes SET lease_until = %(until)s, updated_at = %(now)s WHERE {_OWNED}"
 
-# COMPLETE, DROP and REQUEUE move their key's head: they return the key for the caller to fix it.
-COMPLETE = f"""
+# COMPLETE, DROP and REQUEUE move their key's head: the caller fixes it (LOCK_KEY_OF, HEAD_*).
+COMPLETE = _audited(f"""
 UPDATE envelopes SET state = 'done', head = NULL, lease_owner = NULL, lease_until = NULL, not_before = NULL,
     reason = NULL, mapping_version = %(mapping_version)s, updated_at = %(now)s
-WHERE {_OWNED}
-RETURNING ordering_key
-"""
+WHERE {_OWNED}""")
 
 RETRY_AT = f"""
 WITH moved AS (
@@ -157,30 +174,24 @@ SELECT id, %(now)s, 'retry_scheduled', jsonb_build_object('owner', %(owner)s::te
 FROM moved
 """
 
-DEAD_LETTER = f"""
+DEAD_LETTER = _audited(f"""
 UPDATE envelopes SET state = 'dead', lease_owner = NULL, lease_until = NULL, not_before = NULL,
     reason = %(reason)s, updated_at = %(now)s
-WHERE {_OWNED}
-"""
+WHERE {_OWNED}""")
 
-RELEASE = f"""
+RELEASE = _audited(f"""
 UPDATE envelopes SET state = 'queued', lease_owner = NULL, lease_until = NULL, updated_at = %(now)s
-WHERE {_OWNED}
-"""
+WHERE {_OWNED}""")
 
-REQUEUE = """
+REQUEUE = _audited("""
 UPDATE envelopes SET state = 'queued', attempts = 0, not_before = NULL, reason = NULL, updated_at = %(now)s
-WHERE id = %(id)s AND state IN ('dead', 'quarantined')
-RETURNING ordering_key
-"""
+WHERE id = %(id)s AND state IN ('dead', 'quarantined')""")
 
 # An operator may drop anything still waiting or held (a worker holding it then loses its lease).
-DROP = """
+DROP = _audited("""
 UPDATE envelopes SET state = 'dropped', head = NULL, lease_owner = NULL, lease_until = NULL,
     not_before = NULL, reason = %(reason)s, updated_at = %(now)s
-WHERE id = %(id)s AND state IN ('queued', 'claimed', 'dead', 'quarantined')
-RETURNING ordering_key
-"""
+WHERE id = %(id)s AND state IN ('queued', 'claimed', 'dead', 'quarantined')""")
 
 INSERT_AUDIT = ("INSERT INTO audit (envelope_id, at, event, detail) "
                 "VALUES (%(id)s, %(now)s, %(event)s, %(detail)s)")
