@@ -40,9 +40,12 @@ def _age(since: datetime | None, now: datetime) -> str:
 
 def _with_store(args: argparse.Namespace, body: Callable[[Store, Any], Awaitable[int]]) -> int:
     from adapter.config import load_config
+    from adapter.logging import configure_logging
     from adapter.store import open_store
 
     config = load_config(args.config)
+    # An operator's command: only warnings, and on stderr so stdout (--json) stays parseable.
+    configure_logging(level="WARNING", fmt=config.logging.format, stream=sys.stderr)
 
     async def main() -> int:
         store = open_store(config.store.url)   # the operator's commands need no tuning options

@@ -94,7 +94,9 @@ class Adapter:
     def start(self) -> None:
         log = open(self.tmp / f"adapter-{self.starts}.log", "wb")   # noqa: SIM115 - closed with the process
         self.starts += 1
-        self.proc = subprocess.Popen([str(BIN), *self.args], cwd=self.tmp, env=self.env, stdout=log,
+        # ONCALL_E2E_SERVE: another command line for `serve` (e.g. a development stand-in).
+        command = os.environ.get("ONCALL_E2E_SERVE", str(BIN)).split()
+        self.proc = subprocess.Popen([*command, *self.args], cwd=self.tmp, env=self.env, stdout=log,
                                      stderr=subprocess.STDOUT)
         log.close()
         wait_until(lambda: self._alive() and _accepts(self.mllp_port), deadline=START_DEADLINE,
