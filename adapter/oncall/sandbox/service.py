@@ -89,8 +89,10 @@ class Service:
             wanted = query["email"].strip().casefold()
             rows = [r for r in rows if (r["email"] or "").casefold() == wanted]
         if query.get("name"):
-            wanted = query["name"].strip().casefold()
-            rows = [r for r in rows if wanted in f"{r['first_name'] or ''} {r['last_name'] or ''}".casefold()]
+            # A search: every word of the query is in the name ("lovelace ada" finds Ada Lovelace).
+            words = query["name"].casefold().split()
+            rows = [r for r in rows
+                    if all(w in f"{r['first_name'] or ''} {r['last_name'] or ''}".casefold() for w in words)]
         if query.get("phone") and _digits(query["phone"]):
             wanted = _digits(query["phone"])
             rows = [r for r in rows if wanted in _digits(r["phone"])]
