@@ -11,10 +11,10 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -60,7 +60,8 @@ def _accepts(port: int) -> bool:
         return False
 
 
-def adapter_env(tmp: Path, *, mllp_port: int, http_port: int, extra: dict[str, str] | None = None) -> dict[str, str]:
+def adapter_env(tmp: Path, *, mllp_port: int, http_port: int,
+                extra: dict[str, str] | None = None) -> dict[str, str]:
     """Configuration by environment: a store in tmp, ports given, small retry caps so faults resolve fast."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ONCALL_ADAPTER_")}
     env.update({
@@ -106,7 +107,8 @@ class Adapter:
         assert self.proc is not None
         if self.proc.poll() is not None:
             log = sorted(self.tmp.glob("adapter-*.log"))[-1].read_text(errors="replace")[-3000:]
-            raise AssertionError(f"`oncall-adapter {' '.join(self.args)}` exited with {self.proc.returncode}:\n{log}")
+            raise AssertionError(
+                f"`oncall-adapter {' '.join(self.args)}` exited with {self.proc.returncode}:\n{log}")
         return True
 
     def kill(self) -> None:
@@ -127,7 +129,8 @@ class Adapter:
         done = subprocess.run([str(BIN), *args], cwd=self.tmp, env=self.env, capture_output=True, text=True,
                               timeout=120)
         if check and done.returncode != 0:
-            raise AssertionError(f"oncall-adapter {' '.join(args)} -> {done.returncode}\n{done.stdout}\n{done.stderr}")
+            raise AssertionError(
+                f"oncall-adapter {' '.join(args)} -> {done.returncode}\n{done.stdout}\n{done.stderr}")
         return done
 
     def queue(self) -> dict[str, Any]:
@@ -219,7 +222,8 @@ def expected_state(messages: list[bytes]) -> Expected:
                 out.contacts[op["emr_patient_id"]] = fields
             elif op["kind"] == "appointment_upsert":
                 fields = {k: _norm(k, op.get(k)) for k in _APPOINTMENT}
-                fields["metadata"] = {**op.get("metadata", {}), "emr_appointment_id": op["emr_appointment_id"]}
+                fields["metadata"] = {**op.get("metadata", {}),
+                                      "emr_appointment_id": op["emr_appointment_id"]}
                 fields["participants"] = sorted(
                     (p.get("first_name"), p.get("last_name"), p.get("email")) for p in op["participants"])
                 fields["cancelled"] = False
@@ -245,8 +249,8 @@ def observed_state(state: dict[str, Any]) -> Expected:
         assert emr_id not in out.contacts, f"two contacts carry EMR id {emr_id!r}"
         out.contacts[emr_id] = {k: contact.get(k) for k in _CONTACT}
     for appointment in state["appointments"]:
-        if appointment["cancelled"] and any(
-                a["metadata"] == appointment["metadata"] and not a["cancelled"] for a in state["appointments"]):
+        if appointment["cancelled"] and any(a["metadata"] == appointment["metadata"] and not a["cancelled"]
+                                            for a in state["appointments"]):
             continue   # replaced by a re-created one (un-cancel)
         emr_id = appointment["metadata"]["emr_appointment_id"]
         assert emr_id not in out.appointments, f"two appointments carry EMR appointment id {emr_id!r}"

@@ -28,7 +28,8 @@ SETTLE_DEADLINE = 120.0
 def adapter(tmp_path: Path) -> Iterator[Adapter]:
     mllp, http, sandbox = free_port(), free_port(), free_port()
     env = adapter_env(tmp_path, mllp_port=mllp, http_port=http, extra={
-        "ONCALL_ADAPTER_SANDBOX__PORT": str(sandbox), "ONCALL_ADAPTER_SANDBOX__DB": str(tmp_path / "sandbox.db")})
+        "ONCALL_ADAPTER_SANDBOX__PORT": str(sandbox),
+        "ONCALL_ADAPTER_SANDBOX__DB": str(tmp_path / "sandbox.db")})
     running = Adapter(tmp_path, ["serve", "--sandbox"], env, mllp, f"http://127.0.0.1:{sandbox}")
     running.start()
     try:
@@ -72,10 +73,11 @@ def test_faults_on_oncall_side_reach_the_same_state(adapter: Adapter) -> None:
     """With 20% of OnCall calls answered 5xx or 429, added latency and dropped connections (some after the
     create was applied), seeded: the same final state, no duplicate, no dead letter."""
     adapter.faults([
-        {"path": "/*", "method": "POST", "rate_500": 0.05, "rate_502": 0.05, "rate_503": 0.05, "rate_429": 0.05,
-         "retry_after": 0, "drop_rate": 0.1, "drop_after_processing": True, "latency_ms": 20},
-        {"path": "/*", "rate_500": 0.05, "rate_502": 0.05, "rate_503": 0.05, "rate_429": 0.05, "retry_after": 0,
-         "drop_rate": 0.05, "latency_ms": 20},
+        {"path": "/*", "method": "POST", "rate_500": 0.05, "rate_502": 0.05, "rate_503": 0.05,
+         "rate_429": 0.05, "retry_after": 0, "drop_rate": 0.1, "drop_after_processing": True,
+         "latency_ms": 20},
+        {"path": "/*", "rate_500": 0.05, "rate_502": 0.05, "rate_503": 0.05, "rate_429": 0.05,
+         "retry_after": 0, "drop_rate": 0.05, "latency_ms": 20},
     ], seed=20260101)
     messages = sample_messages()
     summary = _replay_and_settle(adapter, len(messages))
