@@ -116,7 +116,8 @@ async def append_batch(conn: psycopg.AsyncConnection[Any], news: Sequence[NewEnv
                        now: datetime, dedup_window: timedelta | None) -> list[Appended]:
     """Append `news` in one transaction on `conn` (psycopg errors are translated by the caller)."""
     params = [_params(new, now, content_hash=new.content_hash) for new in news]
-    async with conn.transaction():
+    # One pipeline: BEGIN, the key locks and every insert travel together; results are read once.
+    async with conn.pipeline(), conn.transaction():
         queued_keys = sorted({new.ordering_key for new in news if new.state is State.QUEUED})
         if queued_keys:   # a new queued envelope may become its key's head: see postgres_sql.LOCK_KEYS
             await conn.execute(q.LOCK_KEYS, {"keys": queued_keys})

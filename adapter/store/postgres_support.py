@@ -85,6 +85,9 @@ def translated(where: Where, action: str) -> Iterator[None]:
     except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as exc:
         raise Contention(f"{action}: lost a race with a concurrent transaction in {where}",
                          hint="retry") from exc
+    except psycopg_pool.PoolClosed as exc:
+        raise StoreError(f"{action}: the store for {where} is closed",
+                         hint="the adapter is shutting down; the sender will resend") from exc
     except psycopg_pool.PoolTimeout as exc:
         raise StoreError(f"{action}: no connection to {where} became free in time",
                          hint="is PostgreSQL reachable? raise store.pool_max_size if workers wait") from exc
