@@ -213,7 +213,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _describe(err: dict[str, Any]) -> str:
+def _describe(err: Any) -> str:
     msg = str(err.get("msg", "invalid"))
     ctx = err.get("ctx") or {}
     if err.get("type") == "extra_forbidden":
