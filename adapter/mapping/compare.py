@@ -44,7 +44,8 @@ def outcome(mapping_set: MappingSet, kind: str, payload: str | bytes, source: st
     return out
 
 
-def compare(old: MappingSet, new: MappingSet, kind: str, payload: str | bytes, source: str) -> list[FieldDiff]:
+def compare(old: MappingSet, new: MappingSet, kind: str, payload: str | bytes,
+            source: str) -> list[FieldDiff]:
     """Differences between the two sets' outcomes for one payload ([] when identical)."""
     return diff_json(outcome(old, kind, payload, source), outcome(new, kind, payload, source))
 

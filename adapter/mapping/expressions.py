@@ -13,6 +13,7 @@ Conditions: `{path, equals|in|exists}`, `{not}`, `{all}`, `{any}` (see schema.Co
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -300,6 +301,12 @@ class Compiler:
         try:
             compiled = self.language.compile(source, self.match)
         except ValueError as exc:
+            tail = source.rsplit("|", 1)[-1] if "|" in source else ""
+            if tail and re.match(r"^\s*[a-z_]+\s*(\(.*\))?\s*$", tail):
+                try:
+                    parse_pipe(tail, self.tables)
+                except ValueError as pipe_exc:
+                    raise doc.error(loc, str(pipe_exc)) from None
             raise doc.error(loc, str(exc), hint="write {const: ...} for a constant text") from None
         pipes = []
         for p in pipe_texts:

@@ -50,7 +50,8 @@ tables are global to the set. The shipped folder (`mappings/`) is loaded first, 
 
 | source | syntax | examples |
 |---|---|---|
-| `hl7v2` | terser: `SEG[(n or *)]-FIELD[(n or *)][-COMP[-SUB]]`, all counted from 1 | `PID-5-1`, `PID-3(2)-1`, `PID-13(*)-4`, `AIP(2)-3`, `ZPI-2` |
+| `hl7v2` | terser: `SEG[(n or *)]-FIELD[(n or *)][-COMP[-SUB]]`, counted from 1 | \
+`PID-5-1`, `PID-3(2)-1`, `PID-13(*)-4`, `AIP(2)-3`, `ZPI-2` |
 | `fhir` | FHIRPath (fhirpathpy, R4 model) | `name.where(use='official').given.first()` |
 | `oncall` | dotted JSON path, `[n]` or `[*]` on lists | `participants[0].email`, `participants[*].email` |
 
@@ -131,9 +132,11 @@ def render_reference() -> str:
               "A field's expression is one of: a path with pipes (text); a number, boolean or null "
               "(a constant); a list of expressions (ordered alternatives: the first that is not "
               "empty); or one of the forms below.", ""]
-    for title, model in (("{const}", ConstForm), ("{when, value}", WhenForm), ("{concat, sep}", ConcatForm),
-                         ("{each, fields}", EachForm)):
-        lines += _section(title, model)
+    forms: tuple[tuple[str, type[BaseModel]], ...] = (
+        ("{const}", ConstForm), ("{when, value}", WhenForm), ("{concat, sep}", ConcatForm),
+        ("{each, fields}", EachForm))
+    for title, form in forms:
+        lines += _section(title, form)
     lines += ["## Pipes", "", "| pipe | argument | does |", "|---|---|---|"]
     for name, (arg, help_text) in PIPES.items():
         lines.append(f"| `{name}` | {arg or 'none'} | {help_text.replace('|', '/')} |")

@@ -201,7 +201,8 @@ def validate_file(doc: MarkedDocument) -> MappingFileSpec:
 
 
 def _translate(doc: MarkedDocument, exc: ValidationError) -> MappingFileError:
-    err = exc.errors()[0]
+    # an unknown key explains a "missing" one (a misspelling), so it is reported first
+    err = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
     count = exc.error_count()
     more = f" ({count - 1} more problem(s) after fixing this one)" if count > 1 else ""

@@ -28,7 +28,8 @@ MARIE = {"emr_patient_id": "MRN100001", "first_name": "Marie", "last_name": "Tre
 ELODIE = {"emr_patient_id": "MRN200002", "first_name": "Élodie", "last_name": "Côté",
           "email": "elodie.cote@example.ca"}
 LUC = {"emr_patient_id": "MRN200003", "first_name": "Luc", "last_name": "Côté"}
-BAO = {"emr_patient_id": "MRN100004", "first_name": "Bao", "last_name": "Nguyen", "email": "bao.nguyen@example.com"}
+BAO = {"emr_patient_id": "MRN100004", "first_name": "Bao", "last_name": "Nguyen",
+       "email": "bao.nguyen@example.com"}
 FRANCOIS = {"emr_patient_id": "MRN100028", "first_name": "François", "last_name": "Lefèbvre"}
 
 PEOPLE = {
@@ -45,15 +46,15 @@ PEOPLE = {
 }
 
 CONTACTS = {  # file -> (route, demographics beyond the shared person fields)
-    "adt_a01_epic_v25.hl7": ("ADT_A01", {"phone": "5145550101", "sex": "female", "date_of_birth": "1980-02-14",
-                                         "update_participants": False}),
-    "adt_a04_cerner_v251_mrn_second.hl7": ("ADT_A04", {"phone": "4185550202", "sex": "female",
-                                                       "date_of_birth": "1992-07-30", "update_participants": False}),
-    "adt_a08_meditech_v23_lf_escapes.hl7": ("ADT_A08", {"phone": "5145550199", "sex": "female",
-                                                        "date_of_birth": "1980-02-14", "update_participants": True}),
+    "adt_a01_epic_v25.hl7": ("ADT_A01", {"phone": "5145550101", "sex": "female",
+                                         "date_of_birth": "1980-02-14", "update_participants": False}),
+    "adt_a04_cerner_v251_mrn_second.hl7": ("ADT_A04", {
+        "phone": "4185550202", "sex": "female", "date_of_birth": "1992-07-30", "update_participants": False}),
+    "adt_a08_meditech_v23_lf_escapes.hl7": ("ADT_A08", {
+        "phone": "5145550199", "sex": "female", "date_of_birth": "1980-02-14", "update_participants": True}),
     "adt_a31_v24_crlf.hl7": ("ADT_A31", {"phone": "4185550202", "update_participants": True}),
-    "adt_a28_v231_latin1_no_email.hl7": ("ADT_A28", {"phone": "8195550303", "sex": "male",
-                                                     "date_of_birth": "1961-03-05", "update_participants": False}),
+    "adt_a28_v231_latin1_no_email.hl7": ("ADT_A28", {
+        "phone": "8195550303", "sex": "male", "date_of_birth": "1961-03-05", "update_participants": False}),
 }
 
 APPOINTMENTS = {  # file -> (route, appointment fields)
@@ -65,7 +66,8 @@ APPOINTMENTS = {  # file -> (route, appointment fields)
     "siu_s12_v26_tq1_group_phone.hl7": ("SIU_S12", {
         "emr_appointment_id": "APPT8002", "title": "Family counselling", "type": "phone",
         "datetime": "2024-05-16T10:00:00-04:00", "duration": 45,
-        "metadata": {"emr_appointment_id": "APPT8002", "emr_patient_id": "MRN200002", "emr_source": "CLINIC_B"}}),
+        "metadata": {"emr_appointment_id": "APPT8002", "emr_patient_id": "MRN200002",
+                     "emr_source": "CLINIC_B"}}),
     "siu_s13_v25_reschedule.hl7": ("SIU_S13", {
         "emr_appointment_id": "APPT7001", "datetime": "2024-05-16T09:15:00-04:00", "duration": 20}),
     "siu_s14_v27_truncation.hl7": ("SIU_S14", {

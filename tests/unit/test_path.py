@@ -79,7 +79,8 @@ def test_format_parse_round_trip(seg: str, occ: int | None, field: int, rep: int
     ("XYZ-1", None, "does not exist"),
     ("TQ1-7", ("2.3",), "does not exist"),
 ])
-def test_check_path_rejects_impossible_paths(text: str, versions: tuple[str, ...] | None, problem: str) -> None:
+def test_check_path_rejects_impossible_paths(text: str, versions: tuple[str, ...] | None,
+                                            problem: str) -> None:
     """hl7apy's structure tables reject fields and components a segment cannot have."""
     message = check_path(Hl7Path.parse(text), *(() if versions is None else (versions,)))
     assert message is not None and problem in message
