@@ -28,7 +28,7 @@ SAFE_KEYS = frozenset({
     "envelope_id", "envelope_ids", "source", "kind", "state", "outcome", "attempt", "attempts", "owner",
     "count", "claimed", "batch", "depth", "reason_code", "duplicate", "dead_letters", "purged",
     "ordering_key_hash", "content_hash", "dedup_key_hash", "mapping_version", "route", "op", "op_kind",
-    "target_field", "error_type", "error_code", "status", "status_code", "retry_in", "retry_at",
+    "target_field", "action", "error_type", "error_code", "status", "status_code", "retry_in", "retry_at",
     "delay", "seconds", "ms", "elapsed_ms", "latency_ms", "bytes", "size", "junk_bytes",
     # HL7 metadata (not patient data)
     "control_id", "message_type", "trigger", "version", "charset", "ack_code", "ack_mode", "location",
