@@ -73,6 +73,11 @@ class PostgresStore:
         self._pool: AsyncConnectionPool[Any] | None = None
         self._group = GroupCommit(self._append_batch, window=commit_window) if group_commit else None
 
+    @property
+    def group_commits(self) -> tuple[int, int]:
+        """(transactions, appends) committed by group commit since creation: appends per commit."""
+        return (self._group.batches, self._group.appends) if self._group else (0, 0)
+
     # -- lifecycle --------------------------------------------------------------------------
     async def open(self) -> None:
         if self._pool is not None:

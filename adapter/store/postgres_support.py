@@ -101,8 +101,7 @@ def translated(where: Where, action: str) -> Iterator[None]:
         raise StoreError(f"{action} in {where}: permission denied ({exc.diag.message_primary})",
                          hint="grant the adapter's user rights on the schema, or pick another") from exc
     except psycopg.OperationalError as exc:
-        raise StoreError(f"{action}: cannot reach {where}",
-                         hint="is it running? check store.url") from exc
+        raise _connection_error(where, action, exc) from exc
     except psycopg.DataError as exc:
         # Primary message only: DETAIL may quote values (patient data).
         primary = exc.diag.message_primary or type(exc).__name__
@@ -112,6 +111,20 @@ def translated(where: Where, action: str) -> Iterator[None]:
         primary = exc.diag.message_primary or type(exc).__name__
         raise StoreError(f"{action} in {where}: {exc.sqlstate or '?'} {primary}",
                          hint="see the PostgreSQL server log") from exc
+
+
+def _connection_error(where: Where, action: str, exc: psycopg.OperationalError) -> StoreError:
+    """libpq reports connection failures as text without SQLSTATE: name the cause it gives."""
+    text = str(exc)
+    reason = text.rsplit("failed: ", 1)[-1].split("\n", 1)[0].replace("FATAL:", "").strip()
+    if "database" in reason and "does not exist" in reason:
+        return StoreError(f"{action}: database {where.dbname!r} does not exist at {where.address}",
+                          hint="create it (createdb) or fix store.url")
+    if "password" in reason or "role" in reason or "authentication" in reason:
+        return StoreError(f"{action}: {where} refused the login: {reason}",
+                          hint="check the user and password in store.url")
+    return StoreError(f"{action}: cannot reach {where}: {reason or type(exc).__name__}",
+                      hint="is it running? check store.url")
 
 
 def aware(value: datetime | None) -> datetime | None:

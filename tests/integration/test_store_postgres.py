@@ -22,7 +22,7 @@ import pytest
 from psycopg import sql
 
 from adapter.envelope import AppendOutcome, NewEnvelope, Source, State, utcnow
-from adapter.errors import StoreError
+from adapter.errors import ConfigError, StoreError
 from adapter.store.postgres import PostgresStore
 from adapter.store.postgres_support import migrations, schema_sql
 
@@ -380,6 +380,42 @@ async def test_audit_is_append_only(schema: str) -> None:
             with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
                 conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(schema, "audit")))
         assert [h.event for h in await store.history(stored.id)] == ["stored"]
+
+
+async def test_concurrent_appends_share_commits_and_a_bad_one_fails_alone(schema: str) -> None:
+    """Appends arriving together are committed in shared transactions (group commit); an envelope
+    PostgreSQL cannot store (a NUL in a text field) fails its own append only, with a StoreError."""
+    async with node(schema) as store:
+        outcomes: dict[int, Any] = {}
+
+        async def send(i: int) -> None:
+            envelope = new(i, f"K{i % 7}")
+            if i == 13:
+                envelope = NewEnvelope(source=Source.MLLP, kind="ADT\x00A08", ordering_key="patient:K13",
+                                       dedup_key="mllp:FAC|BAD", payload=b"MSH|bad")
+            try:
+                outcomes[i] = (await store.append(envelope)).outcome
+            except StoreError as exc:
+                outcomes[i] = exc
+
+        async with anyio.create_task_group() as tg:
+            for i in range(40):
+                tg.start_soon(send, i)
+
+        commits, appends = store.group_commits
+        assert isinstance(outcomes.pop(13), StoreError)
+        assert set(outcomes.values()) == {AppendOutcome.STORED}
+        assert appends >= 40 and commits < 40
+        assert len(await store.list(limit=100)) == 39
+
+
+async def test_missing_database_and_bad_schema_name_say_what_to_do(schema: str) -> None:
+    """A database that does not exist and a schema name that is not an identifier are named, with the fix."""
+    store = PostgresStore("postgresql://postgres@127.0.0.1:5432/no_such_db_here", schema=schema)
+    with pytest.raises(StoreError, match=r"database 'no_such_db_here' does not exist.*createdb"):
+        await store.open()
+    with pytest.raises(ConfigError, match=r"store\.schema"):
+        PostgresStore(DSN, schema="bad-name; DROP")
 
 
 async def test_unreachable_postgres_says_where_and_what_to_do(schema: str) -> None:
