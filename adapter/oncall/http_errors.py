@@ -64,7 +64,7 @@ def _flatten(value: Any, prefix: str, out: list[str], fields: dict[str, list[str
         if not value and prefix:
             return
         for key, item in value.items():
-            name = str(key)
+            name = " ".join(str(key).split()) or "?"
             path = f"{prefix}.{name}" if prefix else name
             _flatten(item, path, out, fields)
     elif isinstance(value, list):

@@ -112,7 +112,8 @@ class SandboxHandle:
         self.control.delete("/__sandbox__/faults").raise_for_status()
 
     def config(self, **changes: Any) -> dict[str, Any]:
-        data: dict[str, Any] = self.control.post("/__sandbox__/config", json=changes).raise_for_status().json()
+        response = self.control.post("/__sandbox__/config", json=changes)
+        data: dict[str, Any] = response.raise_for_status().json()
         return data
 
     def seed(self, **body: Any) -> dict[str, Any]:
