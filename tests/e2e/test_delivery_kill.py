@@ -80,7 +80,8 @@ def test_sigkill_during_replay_loses_and_doubles_nothing(tmp_path: Path) -> None
     with sandbox_process(tmp_path) as sandbox_url:
         mllp, http = free_port(), free_port()
         env = adapter_env(tmp_path, mllp_port=mllp, http_port=http, extra={
-            "ONCALL_ADAPTER_ONCALL__BASE_URL": sandbox_url, "ONCALL_ADAPTER_ONCALL__API_KEY": "sandbox-token"})
+            "ONCALL_ADAPTER_ONCALL__BASE_URL": sandbox_url,
+            "ONCALL_ADAPTER_ONCALL__API_KEY": "sandbox-token"})
         adapter = Adapter(tmp_path, ["serve"], env, mllp, sandbox_url)
         # Creates answer 80 ms after being applied: kills land between a create and its recording.
         adapter.faults([{"path": "/*", "method": "POST", "latency_ms": 80, "latency_after_processing": True}],
