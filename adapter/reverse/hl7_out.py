@@ -19,6 +19,7 @@ from typing import Literal
 
 from hl7apy.core import Message, Segment
 
+from adapter.hl7.er7 import escape
 from adapter.oncall.urls import object_id
 from adapter.reverse.bundle import BundleBuilder
 from adapter.reverse.operations import EMRAppointmentUpsert, EMRPatient
@@ -39,6 +40,12 @@ def siu_trigger(op: EMRAppointmentUpsert, *, known: bool) -> Literal["S12", "S14
     if op.status == "cancelled":
         return "S15"
     return "S14" if known else "S12"
+
+
+def _t(value: str) -> str:
+    """Free text escaped for ER7 here: hl7apy escapes ``^ | ~ \\`` but not ``&`` (it splits on it), and
+    leaves text that already is an escape sequence as it is, so pre-escaped text comes out once."""
+    return escape(value)
 
 
 def hl7_ts(value: dt.datetime) -> str:
@@ -80,15 +87,15 @@ class HL7Builder:
         self._msh(msg, f"SIU^{trigger}^SIU_S12", control_id, now)
         sch = msg.sch
         if placer_id:
-            sch.sch_1.ei_1 = placer_id
+            sch.sch_1.ei_1 = _t(placer_id)
         sch.sch_2.ei_1 = str(object_id(op.oncall_url))
         sch.sch_2.ei_2 = "ONCALL"
         sch.sch_6.ce_1 = trigger
         sch.sch_6.ce_2 = _EVENT_TEXT[trigger]
         if op.description:
-            sch.sch_7.ce_2 = op.description
+            sch.sch_7.ce_2 = _t(op.description)
         if op.appointment_type:
-            sch.sch_8.ce_1 = op.appointment_type
+            sch.sch_8.ce_1 = _t(op.appointment_type)
         if op.minutes_duration:
             sch.sch_9 = str(op.minutes_duration)
             sch.sch_10.ce_1 = "min"
@@ -97,8 +104,8 @@ class HL7Builder:
             tq.tq_4.ts_1 = hl7_ts(op.start)
             tq.tq_5.ts_1 = hl7_ts(op.end)
         # SCH-16 (filler contact) and SCH-20 (entered by) are required in 2.5: the change came from OnCall
-        sch.sch_16.xcn_1 = self.header.sending_application
-        sch.sch_20.xcn_1 = self.header.sending_application
+        sch.sch_16.xcn_1 = _t(self.header.sending_application)
+        sch.sch_20.xcn_1 = _t(self.header.sending_application)
         sch.sch_25.ce_1 = _FILLER_STATUS[op.status]
         for index, patient in enumerate(op.participants, start=1):
             group = msg.add_group(f"{structure}_PATIENT")
@@ -114,18 +121,18 @@ class HL7Builder:
     def _msh(self, msg: Message, message_type: str, control_id: str, now: dt.datetime) -> None:
         h = self.header
         msh = msg.msh
-        msh.msh_3.hd_1 = h.sending_application
-        msh.msh_4.hd_1 = h.sending_facility
+        msh.msh_3.hd_1 = _t(h.sending_application)
+        msh.msh_4.hd_1 = _t(h.sending_facility)
         if h.receiving_application:
-            msh.msh_5.hd_1 = h.receiving_application
+            msh.msh_5.hd_1 = _t(h.receiving_application)
         if h.receiving_facility:
-            msh.msh_6.hd_1 = h.receiving_facility
+            msh.msh_6.hd_1 = _t(h.receiving_facility)
         msh.msh_7 = hl7_ts(now)
         code, trigger, structure = message_type.split("^")
         msh.msh_9.msg_1 = code
         msh.msh_9.msg_2 = trigger
         msh.msh_9.msg_3 = structure
-        msh.msh_10 = control_id
+        msh.msh_10 = _t(control_id)
         msh.msh_11.pt_1 = h.processing_id
         msh.msh_12.vid_1 = VERSION
         msh.msh_15 = "AL"      # ask for an accept ACK: the sender waits for it on the held connection
@@ -136,24 +143,24 @@ class HL7Builder:
         pid.pid_1 = str(set_id)
         ident = self.bundles.identifier(p.oncall_url)
         cx = pid.add_field("PID_3")
-        cx.cx_1 = ident["value"]
+        cx.cx_1 = _t(ident["value"])
         cx.cx_4.hd_1 = "ONCALL"
-        cx.cx_4.hd_2 = ident["system"]
+        cx.cx_4.hd_2 = _t(ident["system"])
         cx.cx_4.hd_3 = "URI"
         cx.cx_5 = "PI"
         if p.emr_patient_id:
             emr = pid.add_field("PID_3")
-            emr.cx_1 = p.emr_patient_id
+            emr.cx_1 = _t(p.emr_patient_id)
             if self.emr_id_authority:
-                emr.cx_4.hd_1 = self.emr_id_authority
+                emr.cx_4.hd_1 = _t(self.emr_id_authority)
             emr.cx_5 = "MR"
         name = pid.pid_5
         if p.last_name:
-            name.xpn_1.fn_1 = p.last_name
+            name.xpn_1.fn_1 = _t(p.last_name)
         elif p.name:
-            name.xpn_1.fn_1 = p.name
+            name.xpn_1.fn_1 = _t(p.name)
         if p.first_name:
-            name.xpn_2 = p.first_name
+            name.xpn_2 = _t(p.first_name)
         if p.birth_date:
             pid.pid_7.ts_1 = p.birth_date.strftime("%Y%m%d")
         if p.gender:
@@ -162,9 +169,9 @@ class HL7Builder:
             tel = pid.add_field("PID_13")
             tel.xtn_2 = "PRN"
             tel.xtn_3 = "PH"
-            tel.xtn_12 = p.phone
+            tel.xtn_12 = _t(p.phone)
         if p.email:
             mail = pid.add_field("PID_13")
             mail.xtn_2 = "NET"
             mail.xtn_3 = "Internet"
-            mail.xtn_4 = p.email
+            mail.xtn_4 = _t(p.email)
