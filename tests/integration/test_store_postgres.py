@@ -19,6 +19,8 @@ from typing import Any
 import anyio
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from psycopg import sql
 
 from adapter.envelope import AppendOutcome, NewEnvelope, Source, State, utcnow
@@ -257,6 +259,93 @@ async def test_heads_stay_right_under_concurrent_nodes_and_operators(schema: str
         stats = await a.stats()
         assert stats.by_state["done"] + stats.by_state["dropped"] == 200
         assert stats.by_state["done"] == sum(len(ids) for ids in completed.values())
+
+
+_OPS = st.lists(st.one_of(
+    st.tuples(st.just("append"), st.integers(0, 4)),
+    st.tuples(st.just("conflict"), st.integers(0, 50)),
+    st.tuples(st.just("claim"), st.integers(1, 4)),
+    st.tuples(st.sampled_from(["complete", "dead_letter", "release", "retry_past", "retry_future",
+                               "requeue", "drop"]), st.integers(0, 50)),
+), min_size=1, max_size=40)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=_OPS)
+async def test_claims_follow_the_head_model(ops: list[tuple[str, int]]) -> None:
+    """For any sequence of appends, claims and state changes, claim() returns exactly what a plain
+    model says: per key only the earliest queued/claimed/dead envelope, if queued and due and its key
+    holds no claim, oldest first, up to the limit; and the stored heads match that model throughout."""
+    schema = f"test_pg_{uuid.uuid4().hex[:12]}"
+    now = utcnow()
+    try:
+        async with node(schema, group_commit=False) as store:
+            model: dict[int, dict[str, Any]] = {}   # id -> {"key", "state", "due"}
+
+            def blocking(env: dict[str, Any]) -> bool:
+                return env["state"] in ("queued", "claimed", "dead")
+
+            def expected_claim(limit: int) -> list[int]:
+                heads: dict[str, int] = {}
+                for id_, env in sorted(model.items()):
+                    if blocking(env):
+                        heads.setdefault(env["key"], id_)
+                held = {env["key"] for env in model.values() if env["state"] == "claimed"}
+                ready = [i for k, i in heads.items()
+                         if model[i]["state"] == "queued" and model[i]["due"] and k not in held]
+                return sorted(ready)[:limit]
+
+            for n, (op, arg) in enumerate(ops):
+                if op == "append":
+                    env = (await store.append(new(n, f"K{arg}"))).envelope
+                    model[env.id] = {"key": env.ordering_key, "state": "queued", "due": True}
+                elif op == "claim":
+                    want = expected_claim(arg)
+                    got = [e.id for e in await store.claim("w", limit=arg, lease=LEASE, now=now)]
+                    assert got == want, (ops[:n + 1], got, want)
+                    for id_ in got:
+                        model[id_]["state"] = "claimed"
+                else:
+                    wanted = {"requeue": ("dead", "quarantined"), "conflict": ("queued", "done"),
+                              "drop": ("queued", "claimed", "dead")}.get(op, ("claimed",))
+                    candidates = sorted(i for i, e in model.items() if e["state"] in wanted)
+                    if not candidates:
+                        continue
+                    id_ = candidates[arg % len(candidates)]
+                    if op == "conflict":   # the same dedup key with other content: quarantined
+                        first = await store.get(id_)
+                        assert first is not None
+                        resent = NewEnvelope(source=Source.MLLP, kind="ADT^A08",
+                                             ordering_key=first.ordering_key, dedup_key=first.dedup_key,
+                                             payload=f"other {n}".encode())
+                        result = await store.append(resent)
+                        assert result.outcome is AppendOutcome.CONFLICT
+                        model[result.envelope.id] = {"key": first.ordering_key, "state": "quarantined",
+                                                     "due": True}
+                    elif op == "complete":
+                        assert await store.complete(id_, "w")
+                        model[id_]["state"] = "done"
+                    elif op == "dead_letter":
+                        assert await store.dead_letter(id_, "w", "permanent")
+                        model[id_]["state"] = "dead"
+                    elif op == "release":
+                        assert await store.release(id_, "w")
+                        model[id_]["state"] = "queued"
+                    elif op.startswith("retry"):
+                        future = op == "retry_future"
+                        at = now + timedelta(hours=1) if future else now - timedelta(seconds=1)
+                        assert await store.retry_at(id_, "w", at, "transient")
+                        model[id_].update(state="queued", due=not future)
+                    elif op == "requeue":
+                        assert await store.requeue(id_)
+                        model[id_].update(state="queued", due=True)
+                    else:
+                        assert await store.drop(id_, "operator")
+                        model[id_]["state"] = "dropped"
+            assert _head_violations(schema) == []
+    finally:
+        _drop(schema)
 
 
 async def test_claim_skips_rows_locked_by_another_node(schema: str) -> None:
