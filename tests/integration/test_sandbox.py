@@ -394,3 +394,44 @@ def test_fee_as_string_and_error_shapes(oncall_sandbox: SandboxHandle) -> None:
         shaped = api.get("/appointments/9/")
     assert fee == "10.00"
     assert shaped.status_code == 404 and shaped.json() == ["Not found."]
+
+
+@pytest.mark.anyio
+async def test_serve_sandbox_in_a_task_group(tmp_path: Any) -> None:
+    """serve_sandbox reports its port (port 0) to the task group, serves a SQLite file, and stops
+    gracefully when cancelled; the state survives in the file."""
+    import functools
+
+    import anyio
+
+    from adapter.oncall.sandbox.server import serve_sandbox
+
+    db = str(tmp_path / "sandbox.db")
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(functools.partial(serve_sandbox, "127.0.0.1", 0, db_path=db, token="t1"))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}",
+                                     headers={"Authorization": "Token t1"}) as api:
+            made = await api.post("/contacts/", json={"first_name": "A", "last_name": "B"})
+        tg.cancel_scope.cancel()
+    assert made.status_code == 201 and made.json()["url"] == f"http://127.0.0.1:{port}/contacts/1/"
+    from adapter.oncall.sandbox.db import SandboxDB
+
+    stored = SandboxDB(db)
+    try:
+        assert len(stored.select("contacts")) == 1
+    finally:
+        stored.close()
+
+
+def test_cli_registers_sandbox_command() -> None:
+    """`oncall-adapter sandbox` parses its options with the documented defaults."""
+    import argparse
+
+    from adapter.cli.sandbox import register, run
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["sandbox", "--port", "0", "--page-size", "2", "--webhook-url", "http://x/h"])
+    assert (args.host, args.port, args.page_size, args.db, args.token) == (
+        "127.0.0.1", 0, 2, ":memory:", "sandbox-token")
+    assert args.webhook_url == "http://x/h" and args.handler is run
