@@ -127,7 +127,9 @@ class ContactUpserts:
         name = " ".join(str(values[k]) for k in ("first_name", "last_name") if values.get(k))
         if name:
             queries.append({"name": name})
-        if values.get("phone"):
+        if values.get("phone") and not name:
+            # Only without a name: a contact found by phone alone (name and e-mail both different) is
+            # too weak to adopt, so the extra request per new patient would buy nothing.
             queries.append({"phone": values["phone"]})
         weak: Contact | None = None
         seen: set[str] = set()
