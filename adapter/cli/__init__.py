@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from adapter.errors import AdapterError, ConfigError
+from adapter.logging import configure_logging
 
 __all__ = ["main"]
 
@@ -66,6 +67,9 @@ def _hoist_config(argv: list[str]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(_hoist_config(list(sys.argv[1:] if argv is None else argv)))
+    # Every command logs to stderr (stdout is for its output), warnings and errors only;
+    # `serve` reconfigures from the [logging] section.
+    configure_logging(level="WARNING")
     try:
         return int(args.handler(args) or 0)
     except ConfigError as exc:

@@ -1,0 +1,3 @@
+"""Fixtures shared by every layer: the live OnCall sandbox (tests/integration/oncall_fixtures.py)."""
+
+pytest_plugins = ["tests.integration.oncall_fixtures"]
