@@ -97,6 +97,7 @@ class MappingsConfig(_Section):
 
 class FHIRConfig(_Section):
     enabled: bool = True
+    version: Literal["R4", "R4B", "R5"] = "R4"   # the EMR's FHIR version (validation models, notifications)
     base_path: str = "/fhir"
     auth_header: str = "Authorization"
     secret: SecretStr | None = None        # env or secret_file

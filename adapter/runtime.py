@@ -223,7 +223,7 @@ def _http_routes(runtime: Runtime, client: Any, *, on_stored: Callable[[], None]
                                 basic=(f.emr_username, password) if f.emr_username and password else None)
             closers.append(emr.aclose)
         routes += fhir_routes(store=runtime.store, base_path=f.base_path, auth_header=f.auth_header,
-                              secret=secret, emr=emr, criteria=f.criteria,
+                              secret=secret, emr=emr, criteria=f.criteria, fhir_version=f.version,
                               patient_identifier_system=f.patient_identifier_system)
         handlers.update(FHIR_EXCEPTION_HANDLERS)
     webhook_secret = config.secret("webhooks", "secret")
