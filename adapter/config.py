@@ -2,12 +2,13 @@
 
 Where a setting comes from, last one wins:
 1. the defaults below (they work with no file at all),
-2. the TOML file: ``--config PATH``, else ``$ONCALL_ADAPTER_CONFIG``, else ``./oncall-adapter.toml`` if present,
+2. the TOML file: ``--config PATH``, else ``$ONCALL_ADAPTER_CONFIG``, else ``./oncall-adapter.toml``
+   if present,
 3. the environment: ``ONCALL_ADAPTER_<SECTION>__<KEY>`` (e.g. ``ONCALL_ADAPTER_MLLP__PORT=2576``).
 
 Secrets (API keys, shared secrets, passwords) are read from the environment
-(``ONCALL_ADAPTER_ONCALL__API_KEY``) or from a file named in the TOML (``api_key_file = "/run/secrets/oncall"``),
-never from the TOML itself: a secret written in the file is refused with a message saying where to put it.
+(``ONCALL_ADAPTER_ONCALL__API_KEY``) or from a file named in the TOML
+(``api_key_file = "/run/secrets/oncall"``), never from the TOML itself: a secret written in the file is refused with a message saying where to put it.
 """
 
 from __future__ import annotations
