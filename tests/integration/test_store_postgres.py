@@ -8,12 +8,16 @@ Each test works in a fresh schema, dropped afterwards. "Nodes" are separate Post
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+import sys
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -30,6 +34,7 @@ from adapter.store.postgres_support import migrations, schema_sql
 
 DSN = "postgresql://postgres@127.0.0.1:5432/test"
 LEASE = timedelta(seconds=30)
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.anyio
 
@@ -387,6 +392,59 @@ async def test_a_dead_nodes_claims_are_taken_over(schema: str) -> None:
         async with node(schema) as back:
             assert not await back.complete(taken[0].id, "doomed")
         assert await survivor.complete(taken[0].id, "survivor")
+
+
+_CHILD = """
+import asyncio, sys
+from datetime import timedelta
+from adapter.envelope import NewEnvelope, Source
+from adapter.store.postgres import PostgresStore
+
+async def main(dsn, schema):
+    store = PostgresStore(dsn, schema=schema)
+    await store.open()
+    held = await store.claim("child", limit=5, lease=timedelta(seconds=30))
+    print("held", *[e.id for e in held], flush=True)
+    for i in range(10_000):   # appends until killed; each line is an acknowledgement
+        new = NewEnvelope(Source.MLLP, "ADT^A08", f"patient:C{i % 9}", f"child:{i}", b"MSH|c")
+        print("acked", (await store.append(new)).envelope.id, flush=True)
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+async def test_a_killed_node_loses_no_acknowledged_append_and_its_claims_expire(schema: str) -> None:
+    """SIGKILL a node process while it holds claims and appends: every append it acknowledged is
+    stored, nothing half-written is visible, and its claims are taken over once the lease expires."""
+    async with node(schema) as survivor:
+        await survivor.append_many([new(i, f"K{i}") for i in range(5)])
+        root = str(ROOT)
+        acked: list[int] = []
+        async with await anyio.open_process([sys.executable, "-c", _CHILD, DSN, schema],
+                                            env={**os.environ, "PYTHONPATH": root}, cwd=root) as child:
+            assert child.stdout is not None
+            buffer = b""
+            with anyio.fail_after(30):
+                while len(acked) < 25:   # let it run a while, then kill it mid-stream
+                    buffer += await child.stdout.receive()
+                    *lines, buffer = buffer.split(b"\n")
+                    for line in lines:
+                        word, *ids = line.decode().split() or [""]
+                        if word == "held":
+                            held = [int(i) for i in ids]
+                        elif word == "acked":   # other lines are the child's logs
+                            acked.append(int(ids[0]))
+            child.send_signal(signal.SIGKILL)
+            await child.wait()
+
+        assert len(held) == 5
+        for envelope_id in acked:
+            got = await survivor.get(envelope_id)
+            assert got is not None and got.state is State.QUEUED
+        later = utcnow() + timedelta(seconds=31)
+        retaken = await survivor.claim("survivor", limit=5, lease=LEASE, now=later)
+        assert [e.id for e in retaken][:5] == held
+        assert _head_violations(schema) == []
 
 
 async def test_concurrent_appends_of_one_dedup_key_store_it_once(schema: str) -> None:
