@@ -191,3 +191,25 @@ async def _has_state(store: Store, envelope_id: int, state: State) -> bool:
 async def _contact_count(sandbox: Sandbox, pid: str, count: int) -> bool:
     contacts = (await sandbox.state())["contacts"]
     return len([c for c in contacts if pid.lower() in (c.get("email") or "")]) == count
+
+
+async def test_leases_are_extended_during_slow_operations(store: Store, client: OnCallClient,
+                                                          sandbox: Sandbox) -> None:
+    """An operation slower than the lease (OnCall answering after 1.2 s, lease 0.3 s) keeps its claim:
+    the lease is renewed, so no other claim takes the envelope and it completes on its first attempt."""
+    await sandbox.faults([{"path": "/contacts/", "method": "POST", "latency_ms": 1200}], seed=1)
+    envelope_id = await _append(store, "LONG", 0, {"ops": [_contact_op("LONG", "+1 416 555 0600")]})
+    pool = _pool(store, client, lease=timedelta(seconds=0.3))
+    rival = _pool(store, client, lease=timedelta(seconds=0.3), owner_id="rival")
+    async with anyio.create_task_group() as tg:
+        await tg.start(pool.run)
+        await wait_for(lambda: _has_state(store, envelope_id, State.CLAIMED))
+        await tg.start(rival.run)   # would take the envelope over if the lease lapsed
+        await wait_for(lambda: _has_state(store, envelope_id, State.DONE))
+        pool.stop()
+        rival.stop()
+    envelope = await store.get(envelope_id)
+    assert envelope is not None and envelope.attempts == 0 and envelope.lease_owner in (None, pool.owner_id)
+    events = [e.event for e in await store.history(envelope_id)]
+    assert events.count("claimed") == 1 and "lease_expired" not in events
+    assert await _contact_count(sandbox, "LONG", 1)
