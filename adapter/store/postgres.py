@@ -112,18 +112,20 @@ class PostgresStore:
 
     async def ping(self) -> bool:
         try:
-            async with self._conn("pinging the store") as conn:
+            # A readiness probe answers quickly: it does not queue behind a starved pool for long.
+            async with self._conn("pinging the store", wait_for_connection=2.0) as conn:
                 await conn.execute("SELECT 1")
         except StoreError:
             return False
         return True
 
     @asynccontextmanager
-    async def _conn(self, action: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    async def _conn(self, action: str, *, wait_for_connection: float | None = None,
+                    ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         if self._pool is None:
             raise StoreError(f"{action}: the PostgreSQL store is not open", hint="call open() first")
         with translated(self._where, action):
-            async with self._pool.connection() as conn:
+            async with self._pool.connection(timeout=wait_for_connection) as conn:
                 yield conn
 
     async def _fetch(self, action: str, query: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
