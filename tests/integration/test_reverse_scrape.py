@@ -22,7 +22,6 @@ from listeners.scrape import run_contact_scrape, scrape_contacts_once
 from tests.integration.oncall_fixtures import TOKEN, SandboxHandle, make_oncall_sandbox  # noqa: F401
 
 pytestmark = pytest.mark.anyio
-ROOT = Path(__file__).resolve().parents[2]
 COMMAND = str(Path(sys.executable).parent / "oncall-adapter")   # the installed console script
 
 
