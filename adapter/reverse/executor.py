@@ -72,6 +72,10 @@ class ReverseExecutor:
         self.emr_id_label = emr_id_label
         self.loop_prevention = loop_prevention
 
+    async def aclose(self) -> None:
+        """Close the EMR target (its HTTP pool or held MLLP connection)."""
+        await self.target.aclose()
+
     async def process(self, envelope: Envelope) -> ReverseOutcome:
         """Apply one envelope; raises TransientError/PermanentError/InputError like the forward path."""
         if envelope.payload is None:

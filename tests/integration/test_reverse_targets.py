@@ -140,3 +140,22 @@ async def test_executor_over_mllp_sends_s12_then_s14_then_adt(
         tg.cancel_scope.cancel()
     received = [e.kind for e in await store.list(source=Source.MLLP.value, newest_first=False)]
     assert received == ["SIU^S12", "SIU^S14", "ADT^A04"]
+
+
+async def test_reverse_executor_built_from_configuration(store: Store, tmp_path: Path) -> None:
+    """`[emr]` picks the target; a FHIR target reuses the EMR FHIR base and credentials of `[fhir]`."""
+    from adapter.config import load_config
+    from adapter.reverse.wiring import build_reverse_executor
+
+    env = {"ONCALL_ADAPTER_EMR__TARGET": "outbox", "ONCALL_ADAPTER_EMR__OUTBOX_DIR": str(tmp_path / "out")}
+    executor = build_reverse_executor(load_config(environ=env), store, None, oncall_base_url=BASE,
+                                      mappings=lambda: None)
+    assert executor.target.name == "outbox" and (tmp_path / "out").is_dir()
+    await executor.aclose()
+    env = {"ONCALL_ADAPTER_EMR__TARGET": "fhir", "ONCALL_ADAPTER_FHIR__EMR_BASE_URL": "http://127.0.0.1:1/fhir",
+           "ONCALL_ADAPTER_FHIR__EMR_TOKEN": "t"}
+    executor = build_reverse_executor(load_config(environ=env), store, None, oncall_base_url=BASE,
+                                      mappings=lambda: None)
+    assert isinstance(executor.target, FHIRTarget)
+    assert executor.target.client.base_url == "http://127.0.0.1:1/fhir/"
+    await executor.aclose()
