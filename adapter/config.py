@@ -8,7 +8,8 @@ Where a setting comes from, last one wins:
 
 Secrets (API keys, shared secrets, passwords) are read from the environment
 (``ONCALL_ADAPTER_ONCALL__API_KEY``) or from a file named in the TOML
-(``api_key_file = "/run/secrets/oncall"``), never from the TOML itself: a secret written in the file is refused with a message saying where to put it.
+(``api_key_file = "/run/secrets/oncall"``), never from the TOML itself: a secret written in the
+file is refused with a message saying where to put it.
 """
 
 from __future__ import annotations
@@ -60,6 +61,10 @@ class StoreConfig(_Section):
     url: str = "sqlite:///var/oncall-adapter.db"
     synchronous: Literal["FULL", "NORMAL"] = "FULL"   # SQLite durability: FULL survives power loss
     lease_seconds: float = Field(60.0, gt=0)
+    pg_schema: str = "oncall_adapter"       # PostgreSQL: the schema holding the adapter's tables
+    pool_min_size: int = Field(1, ge=1)     # PostgreSQL connection pool
+    pool_max_size: int = Field(10, ge=1)
+    connect_timeout: float = Field(10.0, gt=0)
 
 
 class OnCallConfig(_Section):

@@ -130,8 +130,7 @@ async def run_serve(config: Config, *, sandbox: bool = False,
                               "ONCALL_ADAPTER_ONCALL__API_KEY or oncall.api_key_file, "
                               "or run `serve --sandbox`",
                               secret=True)
-        store = open_store(config.store.url, synchronous=config.store.synchronous,
-                           dedup_window=timedelta(hours=config.mllp.dedup_window_hours))
+        store = build_store(config)
         await store.open()
         client = OnCallClient(base_url=base_url, region=None, api_key=api_key,
                               auth_scheme=config.oncall.auth_scheme, timeout=config.oncall.timeout_seconds,
@@ -169,6 +168,14 @@ async def run_serve(config: Config, *, sandbox: bool = False,
                     except Exception as exc:   # one failed close must not keep the others from running
                         log.warning("close_failed", error_type=type(exc).__name__)
                 log.info("adapter_stopped", pid=os.getpid())
+
+
+def build_store(config: Config) -> Store:
+    """The store named by [store] url, with the options of its backend (the other's are left out)."""
+    st = config.store
+    return open_store(st.url, synchronous=st.synchronous, schema=st.pg_schema, min_size=st.pool_min_size,
+                      max_size=st.pool_max_size, connect_timeout=st.connect_timeout,
+                      dedup_window=timedelta(hours=config.mllp.dedup_window_hours))
 
 
 def _sandbox_webhook(config: Config) -> dict[str, Any]:
