@@ -24,12 +24,23 @@ from adapter.oncall.models import Appointment, Contact
 from adapter.store.base import Store, Xref
 from adapter.worker import xref
 
-__all__ = ["is_echo_appointment", "is_echo_contact"]
+__all__ = ["is_echo_appointment", "is_echo_contact", "is_reverse_write"]
 
 _APPOINTMENT_FIELDS = ("title", "type", "duration", "division", "provider")
 _PARTICIPANT_FIELDS = ("name", "first_name", "last_name", "email")
 _CONTACT_FIELDS = ("first_name", "last_name", "email", "phone", "sex", "date_of_birth", "notes", "division",
                    "provider")
+
+
+def is_reverse_write(resource: dict[str, Any], oncall_base_url: str) -> bool:
+    """True for a FHIR Patient or Appointment the reverse path wrote to the EMR: it carries an
+    identifier whose system is an OnCall collection on the configured base (``<base>/participants``,
+    ``/contacts``, ``/appointments``). The forward path uses it to leave such resources alone when
+    the EMR notifies it of them (the other half of loop prevention)."""
+    prefix = oncall_base_url.rstrip("/") + "/"
+    return any(isinstance(ident, dict) and str(ident.get("system", "")).startswith(prefix)
+               and str(ident["system"])[len(prefix):] in ("participants", "contacts", "appointments")
+               for ident in resource.get("identifier") or [])
 
 
 def _same(hashes: dict[str, str], values: dict[str, Any]) -> bool:

@@ -93,3 +93,17 @@ def test_webhook_body_errors_name_the_json_path() -> None:
         with pytest.raises(InputError, match=where.replace("$", r"\$")):
             parse_webhook(body)
     assert parse_webhook(b'{"event": "e", "url": "https://a.ca/contacts/3/"}')[2] is None
+
+
+def test_reverse_writes_are_recognisable_in_the_emr() -> None:
+    """Resources built by the reverse path carry an OnCall identifier the forward path can skip;
+    an EMR resource without one, or with another base, is not ours."""
+    from adapter.reverse.bundle import BundleBuilder
+    from adapter.reverse.loop import is_reverse_write
+
+    op = _appointment_op(_sample("appointment_101.json"))
+    bundle = BundleBuilder("https://api.oncallhealth.ca").for_appointment(op)
+    assert all(is_reverse_write(e["resource"], "https://api.oncallhealth.ca/") for e in bundle["entry"])
+    assert not is_reverse_write(bundle["entry"][0]["resource"], "https://api.oncallhealth.us")
+    emr_own = {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "1"}]}
+    assert not is_reverse_write(emr_own, "https://api.oncallhealth.ca")
