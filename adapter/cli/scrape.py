@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _contacts(args: argparse.Namespace) -> int:
     from adapter.config import load_config
     from adapter.oncall.client import OnCallClient
-    from adapter.store import open_store
+    from adapter.runtime import build_store
     from listeners.scrape import scrape_contacts_once
 
     config = load_config(args.config)
@@ -40,7 +40,7 @@ def _contacts(args: argparse.Namespace) -> int:
                            hint="set ONCALL_ADAPTER_ONCALL__API_KEY or oncall.api_key_file")
 
     async def main() -> int:
-        store = open_store(config.store.url)
+        store = build_store(config)   # the same store, schema and options as `serve`
         await store.open()
         try:
             oncall = config.oncall
