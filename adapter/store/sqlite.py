@@ -24,6 +24,7 @@ from typing import Any, Literal, TypeVar
 import structlog
 
 from adapter.envelope import Appended, AppendOutcome, Envelope, NewEnvelope, State, utcnow
+from adapter.errors import StoreError
 from adapter.store import sqlite_ops as ops
 from adapter.store import sqlite_sql as q
 from adapter.store.base import AuditEntry, QueueStats, Xref
@@ -36,6 +37,7 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 _HELD = (State.CLAIMED,)
+_MIN_SQLITE = (3, 35, 0)
 
 
 class SQLiteStore:
@@ -43,12 +45,16 @@ class SQLiteStore:
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: Literal["FULL", "NORMAL"] = "FULL",
                  dedup_window: timedelta | None = None, busy_timeout: float = 5.0,
-                 max_batch: int = 512) -> None:
+                 max_batch: int = 512, cache_mib: int = 64, wal_autocheckpoint: int = 4000,
+                 journal_size_limit_mib: int = 64) -> None:
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
         self.path = Path(path)
         self.synchronous = synchronous
         self.dedup_window = dedup_window
+        self.cache_mib = cache_mib
+        self.wal_autocheckpoint = wal_autocheckpoint
+        self.journal_size_limit_mib = journal_size_limit_mib
         self._writer = Writer(self.path, busy_timeout=busy_timeout, setup=self._setup, max_batch=max_batch)
         self._reader = Reader(self.path, busy_timeout=busy_timeout)
 
@@ -64,12 +70,24 @@ class SQLiteStore:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def _setup(self, conn: sqlite3.Connection) -> None:
+        if sqlite3.sqlite_version_info < _MIN_SQLITE:
+            raise StoreError(f"the SQLite library is {sqlite3.sqlite_version}; the store needs "
+                             f"{'.'.join(map(str, _MIN_SQLITE))} or newer (INSERT ... RETURNING)",
+                             hint="run on Python built with a newer SQLite (the official builds are)")
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")   # only takes on a new, empty file
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise sqlite3.OperationalError(f"cannot switch {self.path} to WAL mode (journal_mode is {mode}); "
                                            "the store needs a local file system")
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        # The writer's connection lives as long as the store: a page cache that holds the hot
+        # index pages; checkpoints every `wal_autocheckpoint` pages (fewer, larger ones: a page
+        # rewritten by many commits is copied to the database once); and the WAL file kept at its
+        # working size rather than truncated, so a commit overwrites it in place (an fdatasync that
+        # need not journal a size change) yet shrinks back after a burst.
+        conn.execute(f"PRAGMA cache_size = {-1024 * int(self.cache_mib)}")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {int(self.wal_autocheckpoint)}")
+        conn.execute(f"PRAGMA journal_size_limit = {int(self.journal_size_limit_mib) * 1024 * 1024}")
         applied = migrate(conn, self.path, utcnow())
         if applied:
             log.info("store_migrated", store="sqlite", version=applied[-1], count=len(applied))

@@ -3,9 +3,13 @@
 Why group commit: the MLLP listener acknowledges only after `append` returned, so an append's
 latency is the sender's ACK latency, and with `synchronous=FULL` each commit costs an fsync. One
 dedicated thread owns the only write connection; callers put work on its queue; the thread takes
-everything pending, runs it in ONE transaction (each request in its own savepoint, so one failing
-request does not undo the others), commits once, then resolves every caller's future. Under load
-the fsync is shared by the whole batch.
+everything pending, runs it in ONE transaction, commits once, then resolves every caller's future.
+Under load the fsync is shared by the whole batch.
+
+The batch runs without savepoints (they cost two statements per request on the ACK path). If a
+request raises, the whole transaction is rolled back and the batch runs again with one savepoint
+per request, so the failing request fails alone and the others commit. Results go back to each
+event loop with one `call_soon_threadsafe` per batch, not one wake-up per request.
 
 Readers use their own connections (WAL lets them read while the writer writes), in worker
 threads, so the event loop never blocks on SQLite.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import queue
 import sqlite3
@@ -86,8 +91,42 @@ async def _await(fut: concurrent.futures.Future[T]) -> T:
         asyncio.get_running_loop()
     except RuntimeError:  # not asyncio (trio under anyio): wait in a worker thread
         return await anyio.to_thread.run_sync(fut.result)
-    # Cancelling the caller cancels the request if the writer has not started it yet.
     return await asyncio.wrap_future(fut)
+
+
+class _Request:
+    """One caller's work. On asyncio: an asyncio future of the caller's loop, settled by the writer
+    through `call_soon_threadsafe`; elsewhere (trio): a concurrent future waited on in a thread."""
+
+    __slots__ = ("cancelled", "future", "loop", "op")
+
+    def __init__(self, op: Op, loop: asyncio.AbstractEventLoop | None,
+                 future: asyncio.Future[Any] | concurrent.futures.Future[Any]) -> None:
+        self.op = op
+        self.loop = loop
+        self.future = future
+        self.cancelled = False     # set by the caller; the writer skips a request not yet started
+
+    def start(self) -> bool:
+        if self.loop is None:
+            assert isinstance(self.future, concurrent.futures.Future)
+            return self.future.set_running_or_notify_cancel()
+        return not self.cancelled
+
+
+Outcome = tuple[_Request, Any, BaseException | None]
+
+
+def _settle(outcomes: list[Outcome]) -> None:
+    """Runs on the caller's event loop: hand each result to its future (a cancelled one is done)."""
+    for req, result, exc in outcomes:
+        fut = req.future
+        if fut.done():
+            continue
+        if exc is None:
+            fut.set_result(result)
+        else:
+            fut.set_exception(exc)
 
 
 class Writer:
@@ -99,6 +138,7 @@ class Writer:
         self.max_batch = max_batch
         self.commit_count = 0          # transactions committed (appends / commits = batching factor)
         self.request_count = 0         # requests run
+        self.replay_count = 0          # batches run again with savepoints because a request failed
         self._setup = setup
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -127,9 +167,20 @@ class Writer:
         if self._closing or self._thread is None:
             raise StoreError(f"the SQLite store {self.path} is closed",
                              hint="open() it first; this is a shutdown-order bug if seen in serve")
-        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._queue.put((op, fut))
-        return await _await(fut)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not asyncio (trio under anyio): wait in a worker thread
+            cfut: concurrent.futures.Future[T] = concurrent.futures.Future()
+            self._queue.put(_Request(op, None, cfut))
+            return await anyio.to_thread.run_sync(cfut.result)
+        fut: asyncio.Future[T] = loop.create_future()
+        req = _Request(op, loop, fut)
+        self._queue.put(req)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            req.cancelled = True   # not started yet: the writer skips it; started: it commits anyway
+            raise
 
     # -- the thread ---------------------------------------------------------------------------
     def _main(self) -> None:
@@ -157,9 +208,10 @@ class Writer:
     def _loop(self, conn: sqlite3.Connection) -> None:
         stop = False
         while not stop:
-            batch = [self._queue.get()]
-            if batch[0] is _STOP:
+            first = self._queue.get()
+            if first is _STOP:
                 return
+            batch: list[_Request] = [first]
             # Everything that arrived while the previous commit was syncing joins this batch.
             while len(batch) < self.max_batch:
                 try:
@@ -170,49 +222,62 @@ class Writer:
                     stop = True
                     break
                 batch.append(item)
-            self._commit(conn, batch)
+            running = [req for req in batch if req.start()]
+            if running:
+                self._deliver(self._commit(conn, running))
 
-    def _commit(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
-        running = [(op, fut) for op, fut in batch if fut.set_running_or_notify_cancel()]
-        if not running:
-            return
+    def _commit(self, conn: sqlite3.Connection, running: list[_Request]) -> list[Outcome]:
+        """Run the batch in one transaction; each request's outcome (the commit's error if it failed)."""
         try:
             conn.execute("BEGIN IMMEDIATE")
-        except BaseException as exc:
-            err = translate(exc, self.path)
-            for _, fut in running:
-                fut.set_exception(err)
-            return
-        outcomes: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []
-        for op, fut in running:
             try:
-                conn.execute("SAVEPOINT op")
-                result = op(conn)
-                conn.execute("RELEASE op")
-                outcomes.append((fut, result, None))
+                outcomes: list[Outcome] = [(req, req.op(conn), None) for req in running]
             except BaseException as exc:
-                outcomes.append((fut, None, translate(exc, self.path)))
-                try:
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                except sqlite3.Error:
-                    pass  # the COMMIT below reports a transaction that cannot go on
-        try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if len(running) == 1:   # nothing else to keep: no replay needed
+                    return [(running[0], None, translate(exc, self.path))]
+                self.replay_count += 1
+                conn.execute("BEGIN IMMEDIATE")
+                outcomes = [self._in_savepoint(conn, req) for req in running]
             conn.execute("COMMIT")
         except BaseException as exc:
             err = translate(exc, self.path)
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            for fut, _, own in outcomes:
-                fut.set_exception(own or err)
-            return
+            return [(req, None, err) for req in running]
         self.commit_count += 1
         self.request_count += len(outcomes)
-        for fut, result, own in outcomes:
-            if own is None:
-                fut.set_result(result)
+        return outcomes
+
+    def _in_savepoint(self, conn: sqlite3.Connection, req: _Request) -> Outcome:
+        conn.execute("SAVEPOINT op")
+        try:
+            result = req.op(conn)
+        except BaseException as exc:
+            try:
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+            except sqlite3.Error:
+                pass  # the COMMIT after the batch reports a transaction that cannot go on
+            return (req, None, translate(exc, self.path))
+        conn.execute("RELEASE op")
+        return (req, result, None)
+
+    def _deliver(self, outcomes: list[Outcome]) -> None:
+        """Wake each waiting event loop once for the whole batch."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
+        for outcome in outcomes:
+            req, result, exc = outcome
+            if req.loop is not None:
+                by_loop.setdefault(req.loop, []).append(outcome)
+            elif exc is None:
+                req.future.set_result(result)
             else:
-                fut.set_exception(own)
+                req.future.set_exception(exc)
+        for loop, items in by_loop.items():
+            with contextlib.suppress(RuntimeError):   # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(_settle, items)
 
 
 class Reader:

@@ -37,54 +37,55 @@ def _get(conn: sqlite3.Connection, sql: str, arg: object) -> Envelope | None:
     return None if row is None else q.row_to_envelope(row)
 
 
-def _insert(conn: sqlite3.Connection, new: NewEnvelope, now: datetime, *, dedup_key: str, state: State,
-            reason: str | None, content_hash: str) -> Envelope:
-    cur = conn.execute(q.APPEND, {
-        "source": new.source.value, "kind": new.kind, "ordering_key": new.ordering_key,
-        "dedup_key": dedup_key, "payload": new.payload, "content_hash": content_hash,
-        "received_at": q.to_ts(new.received_at), "state": state.value, "reason": reason,
-        "meta": q.to_json(new.meta), "now": q.to_ts(now),
-    })
-    envelope_id = cur.lastrowid
-    assert envelope_id is not None
-    if state is State.QUEUED:
-        conn.execute(q.HEAD_IF_FIRST, {"id": envelope_id, "key": new.ordering_key})
-    audit(conn, envelope_id, now, "stored" if state is State.QUEUED else state.value,
-          {"content_hash": content_hash, "reason": reason} if reason else {"content_hash": content_hash})
-    return Envelope(id=envelope_id, source=new.source, kind=new.kind, ordering_key=new.ordering_key,
+def _insert(conn: sqlite3.Connection, new: NewEnvelope, now: str, *, dedup_key: str, state: State,
+            reason: str | None, content_hash: str) -> Envelope | None:
+    """One INSERT ... RETURNING: row, head mark and audit row (trigger). None: the dedup key is taken."""
+    row = conn.execute(q.APPEND, (new.source.value, new.kind, new.ordering_key, dedup_key, new.payload,
+                                  content_hash, q.to_ts(new.received_at), state.value, reason,
+                                  q.to_json(new.meta), now)).fetchone()
+    if row is None:
+        return None
+    return Envelope(id=row[0], source=new.source, kind=new.kind, ordering_key=new.ordering_key,
                     dedup_key=dedup_key, payload=new.payload, content_hash=content_hash,
                     received_at=q.from_ts(q.to_ts(new.received_at)), state=state, reason=reason,
-                    meta=dict(new.meta), updated_at=q.from_ts(q.to_ts(now)))
+                    meta=dict(new.meta), updated_at=q.from_ts(now))
 
 
 def append(conn: sqlite3.Connection, new: NewEnvelope, now: datetime,
            dedup_window: timedelta | None) -> Appended:
+    """Store `new` (one statement when its dedup key is new: the common case and the ACK path)."""
     if new.state not in (State.QUEUED, State.REJECTED, State.QUARANTINED):
         raise ValueError(f"a new envelope is queued, rejected or quarantined, not {new.state.value}")
     content_hash = new.content_hash
+    ts = q.to_ts(now)
+    env = _insert(conn, new, ts, dedup_key=new.dedup_key, state=new.state, reason=new.reason,
+                  content_hash=content_hash)
+    if env is not None:
+        return Appended(env, AppendOutcome.STORED)
     first = _get(conn, q.GET_BY_DEDUP_KEY, new.dedup_key)
-    if first is not None and dedup_window is not None and new.received_at - first.received_at > dedup_window:
+    assert first is not None   # the insert above met its dedup key, inside this same transaction
+    if dedup_window is not None and new.received_at - first.received_at > dedup_window:
         # Outside the window the same key is a new delivery (control ids get reused); move the old
         # row's key aside so the unique constraint still holds.
         aside = f"{new.dedup_key}#expired#{first.id}"
-        conn.execute(q.RENAME_DEDUP_KEY, {"new_key": aside, "now": q.to_ts(now), "id": first.id})
+        conn.execute(q.RENAME_DEDUP_KEY, {"new_key": aside, "now": ts, "id": first.id})
         audit(conn, first.id, now, "dedup_key_expired", {"dedup_key": aside})
-        first = None
-    if first is None:
-        env = _insert(conn, new, now, dedup_key=new.dedup_key, state=new.state, reason=new.reason,
+        env = _insert(conn, new, ts, dedup_key=new.dedup_key, state=new.state, reason=new.reason,
                       content_hash=content_hash)
+        assert env is not None   # the key was just moved aside
         return Appended(env, AppendOutcome.STORED)
     if first.content_hash == content_hash:
         audit(conn, first.id, now, "duplicate", {"content_hash": content_hash})
         return Appended(first, AppendOutcome.DUPLICATE)
     conflict_key = f"{new.dedup_key}#conflict#{content_hash[:16]}"
-    earlier = _get(conn, q.GET_BY_DEDUP_KEY, conflict_key)
-    if earlier is not None:   # this very conflicting content was sent before: same answer again
+    reason = f"same dedup key {new.dedup_key} as envelope {first.id} with different content"
+    env = _insert(conn, new, ts, dedup_key=conflict_key, state=State.QUARANTINED, reason=reason,
+                  content_hash=content_hash)
+    if env is None:   # this very conflicting content was sent before: same answer again
+        earlier = _get(conn, q.GET_BY_DEDUP_KEY, conflict_key)
+        assert earlier is not None
         audit(conn, earlier.id, now, "duplicate", {"content_hash": content_hash})
         return Appended(earlier, AppendOutcome.CONFLICT)
-    reason = f"same dedup key {new.dedup_key} as envelope {first.id} with different content"
-    env = _insert(conn, new, now, dedup_key=conflict_key, state=State.QUARANTINED, reason=reason,
-                  content_hash=content_hash)
     audit(conn, first.id, now, "conflict", {"envelope_id": env.id, "content_hash": content_hash})
     return Appended(env, AppendOutcome.CONFLICT)
 

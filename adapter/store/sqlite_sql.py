@@ -27,7 +27,6 @@ __all__ = [
     "GET",
     "GET_BY_DEDUP_KEY",
     "HEAD_CLEAR",
-    "HEAD_IF_FIRST",
     "HEAD_OF_KEY",
     "HEAD_SET",
     "PRUNE_AUDIT",
@@ -52,11 +51,19 @@ XREF_COLUMNS = "namespace, source_id, target, written_at, detail"
 GET = f"SELECT {COLUMNS} FROM envelopes WHERE id = ?"
 GET_BY_DEDUP_KEY = f"SELECT {COLUMNS} FROM envelopes WHERE dedup_key = ?"
 
-APPEND = """
+# The whole append in one statement (the MLLP ACK path): the row, its head mark (a new envelope has
+# its key's highest id, so it is the head exactly when nothing of its key blocks) and, by the trigger
+# `envelopes_audit_stored`, its audit row. A taken dedup key returns no row: the caller then looks
+# at the first copy (duplicate, conflict or expired key). Parameters ?1..?11: source, kind,
+# ordering_key, dedup_key, payload, content_hash, received_at, state, reason, meta, now.
+APPEND = f"""
 INSERT INTO envelopes (source, kind, ordering_key, dedup_key, payload, content_hash, received_at, state,
-                       reason, meta, created_at, updated_at)
-VALUES (:source, :kind, :ordering_key, :dedup_key, :payload, :content_hash, :received_at, :state,
-        :reason, :meta, :now, :now)
+                       reason, meta, created_at, updated_at, head)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11,
+        CASE WHEN ?8 = 'queued' AND NOT EXISTS (
+            SELECT 1 FROM envelopes WHERE ordering_key = ?3 AND state IN {ACTIVE}) THEN 1 END)
+ON CONFLICT (dedup_key) DO NOTHING
+RETURNING id
 """
 
 # Moves an expired first copy's dedup key aside, so the unique constraint admits the new one.
@@ -68,12 +75,6 @@ AUDIT = "INSERT INTO audit (envelope_id, at, event, detail) VALUES (?, ?, ?, ?)"
 HEAD_OF_KEY = f"SELECT min(id) FROM envelopes WHERE ordering_key = ? AND state IN {ACTIVE}"
 HEAD_CLEAR = "UPDATE envelopes SET head = NULL WHERE ordering_key = ? AND head = 1 AND id IS NOT ?"
 HEAD_SET = "UPDATE envelopes SET head = 1 WHERE id = ? AND head IS NULL"
-# A new envelope has the key's highest id: it is the head exactly when nothing of its key blocks.
-HEAD_IF_FIRST = f"""
-UPDATE envelopes SET head = 1 WHERE id = :id AND NOT EXISTS (
-    SELECT 1 FROM envelopes WHERE ordering_key = :key AND state IN {ACTIVE} AND id < :id)
-"""
-
 # Heads waiting, oldest first, whose retry time has come and whose key has nothing claimed.
 CLAIM_READY = """
 SELECT id FROM envelopes AS e INDEXED BY envelopes_ready

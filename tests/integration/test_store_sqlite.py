@@ -70,7 +70,8 @@ async def test_open_creates_directory_and_reopens(tmp_path: Path) -> None:
         await again.close()
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,)]
+        versions = conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
+        assert versions == [(m.version,) for m in migrations()]
     conn.close()
 
 

@@ -68,6 +68,15 @@ CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
 BEGIN
     SELECT RAISE(ABORT, 'the audit table is append-only');
 END;
+-- A stored envelope audits itself (0002): its arrival is one INSERT on the ACK path.
+CREATE TRIGGER envelopes_audit_stored AFTER INSERT ON envelopes
+BEGIN
+    INSERT INTO audit (envelope_id, at, event, detail)
+    VALUES (NEW.id, NEW.created_at, CASE NEW.state WHEN 'queued' THEN 'stored' ELSE NEW.state END,
+            CASE WHEN NEW.reason IS NULL OR NEW.reason = ''
+                 THEN json_object('content_hash', NEW.content_hash)
+                 ELSE json_object('content_hash', NEW.content_hash, 'reason', NEW.reason) END);
+END;
 
 CREATE TABLE crosswalk (
     namespace TEXT NOT NULL,
