@@ -124,7 +124,14 @@ def start_sandbox(tmp: Path, latency_ms: int) -> tuple[subprocess.Popen[bytes], 
 
 
 def rss_mb() -> float:
+    """Peak resident set size so far."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb() -> float:
+    """Resident set size now (Linux)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 async def drain(store: SQLiteStore, base: str, args: argparse.Namespace, until_done: int) -> dict[str, Any]:
@@ -135,11 +142,13 @@ async def drain(store: SQLiteStore, base: str, args: argparse.Namespace, until_d
     pool = WorkerPool(store, lambda: mapping_set, client, workers=args.workers, batch=args.batch,
                       poll_seconds=0.05, retry_policy=RetryPolicy(base=0.05, cap=1.0), seed=1)
     started = time.perf_counter()
+    samples: list[tuple[int, float]] = []
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(pool.run)
             while True:
                 done = (await store.stats()).by_state.get(State.DONE.value, 0)
+                samples.append((done, current_rss_mb()))
                 if done >= until_done:
                     break
                 await anyio.sleep(0.25)   # progress poll of a benchmark
@@ -147,7 +156,7 @@ async def drain(store: SQLiteStore, base: str, args: argparse.Namespace, until_d
             pool.stop()
     finally:
         await client.aclose()
-    return {"elapsed": elapsed, "done": done, "requests": transport.requests,
+    return {"elapsed": elapsed, "done": done, "requests": transport.requests, "rss": samples,
             "mean_in_flight": transport.mean_in_flight(), "peak_in_flight": transport.peak}
 
 
@@ -197,6 +206,9 @@ async def memory(args: argparse.Namespace, tmp: Path, base: str) -> None:
         await store.close()
     print(f"queued {args.queued} envelopes, processed {result['done']} of them "
           f"({result['done'] / result['elapsed']:.1f}/s at {args.latency_ms} ms latency)")
+    curve = result["rss"]
+    marks = [curve[min(len(curve) - 1, int(len(curve) * f))] for f in (0.1, 0.25, 0.5, 0.75, 1.0)]
+    print("  RSS while processing (done: MB): " + ", ".join(f"{d}: {m:.0f}" for d, m in marks))
     print(f"  peak RSS: {before:.0f} MB at start, {queued:.0f} MB after queueing, {after:.0f} MB after "
           f"processing; still queued {stats.by_state.get('queued', 0)}, "
           f"store {stats.size_bytes / 1e6:.0f} MB")
