@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 
-__all__ = ["AppendOutcome", "Appended", "Envelope", "NewEnvelope", "Source", "State", "content_hash", "utcnow"]
+__all__ = ["AppendOutcome", "Appended", "Envelope", "NewEnvelope", "Source", "State", "content_hash",
+           "utcnow"]
 
 
 def utcnow() -> datetime:

@@ -44,6 +44,10 @@ SAFE_KEYS = frozenset({
 _SAFE_TYPES = (bool, int, float, type(None))
 
 
+def _plain(value: object) -> bool:
+    return isinstance(value, (*_SAFE_TYPES, str))
+
+
 def hash_value(value: object) -> str:
     """A short, stable stand-in for a value that must not be logged."""
     return "h:" + hashlib.sha256(repr(value).encode("utf-8")).hexdigest()[:12]
@@ -63,8 +67,7 @@ def scrub(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> Mut
             del event_dict[key]
             continue
         if key in SAFE_KEYS:
-            if not isinstance(value, _SAFE_TYPES + (str,)) and not (
-                    isinstance(value, list | tuple) and all(isinstance(v, _SAFE_TYPES + (str,)) for v in value)):
+            if not _plain(value) and not (isinstance(value, list | tuple) and all(map(_plain, value))):
                 event_dict[key] = hash_value(value)
             continue
         if isinstance(value, _SAFE_TYPES):

@@ -15,8 +15,8 @@ from adapter.envelope import State, utcnow
 from adapter.store.base import QueueStats
 
 __all__ = [
-    "COMPLETED", "DEAD_LETTERED", "DUPLICATES", "PROCESSING_SECONDS", "RECEIVED", "REGISTRY", "REJECTED", "RETRIED",
-    "render", "update_queue_gauges",
+    "COMPLETED", "DEAD_LETTERED", "DUPLICATES", "PROCESSING_SECONDS", "RECEIVED", "REGISTRY", "REJECTED",
+    "RETRIED", "render", "update_queue_gauges",
 ]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -42,7 +42,8 @@ _QUEUE_DEPTH = Gauge("oncall_adapter_queue_depth", "Envelopes by state", ["state
 _OLDEST = Gauge("oncall_adapter_oldest_waiting_seconds", "Age of the oldest waiting envelope",
                 registry=REGISTRY)
 _DEAD = Gauge("oncall_adapter_dead_letter_depth", "Envelopes in the dead letter", registry=REGISTRY)
-_BLOCKED = Gauge("oncall_adapter_blocked_keys", "Ordering keys waiting behind a dead letter", registry=REGISTRY)
+_BLOCKED = Gauge("oncall_adapter_blocked_keys", "Ordering keys waiting behind a dead letter",
+                 registry=REGISTRY)
 _SIZE = Gauge("oncall_adapter_store_size_bytes", "Size of the store", registry=REGISTRY)
 
 

@@ -26,9 +26,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from adapter.asgi import bind_socket
 from adapter.oncall.client import OnCallClient
 from adapter.oncall.sandbox import create_sandbox_app
-from adapter.oncall.sandbox.server import bind_socket
 
 __all__ = [
     "COORDINATOR_TOKEN",

@@ -82,7 +82,8 @@ def test_secrets_from_environment_or_file_and_masked(tmp_path: Path) -> None:
     assert 'secret = "********"' in shown
 
 
-def test_cli_exit_status_2_on_invalid_configuration(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_exit_status_2_on_invalid_configuration(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """`config show` with a bad file exits 2 with the one message on stderr."""
     path = tmp_path / "f.toml"
     path.write_text("[http]\nport = -1\n")

@@ -8,28 +8,16 @@ stops the server (uvicorn's graceful shutdown, bounded by `graceful_seconds`).
 
 from __future__ import annotations
 
-import contextlib
-import socket
-from collections.abc import Generator
 from typing import Any
 
 import anyio
-import uvicorn
 from anyio.abc import TaskStatus
 
+from adapter.asgi import bind_socket, serve_asgi
 from adapter.oncall.sandbox.app import create_sandbox_app
 from adapter.oncall.sandbox.settings import DEFAULT_API_KEYS
 
-__all__ = ["bind_socket", "serve_sandbox"]
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.set_inheritable(True)
-    return sock
+__all__ = ["serve_sandbox"]
 
 
 async def serve_sandbox(host: str = "127.0.0.1", port: int = 8900, *, token: str | None = None,
@@ -53,55 +41,5 @@ async def serve_sandbox(host: str = "127.0.0.1", port: int = 8900, *, token: str
         shown = f"[{host}]" if ":" in host else host
         opts["base_url"] = f"http://{shown}:{bound}"
     app = create_sandbox_app(**opts)
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", ws="none",
-                            timeout_graceful_shutdown=max(1, int(graceful_seconds)))
-    server = _Server(config, handle_signals=handle_signals)
-
-    done = anyio.Event()
-
-    async def run_server() -> None:
-        # Shielded: on cancellation uvicorn is told to exit and shuts down gracefully (lifespan
-        # shutdown: webhooks drained, database closed) instead of being cut off mid-request.
-        try:
-            with anyio.CancelScope(shield=True):
-                await server.serve([sock])
-        finally:
-            server.ready.set()
-            done.set()
-
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(run_server)
-            try:
-                with anyio.fail_after(30):
-                    await server.ready.wait()
-                if server.started:
-                    task_status.started(bound)
-                await done.wait()    # uvicorn exits on its own only on a signal (handle_signals)
-            finally:
-                server.should_exit = True
-    finally:
-        sock.close()
-
-
-class _Server(uvicorn.Server):
-    """uvicorn with a start event; signals left to the host unless `handle_signals`."""
-
-    def __init__(self, config: uvicorn.Config, *, handle_signals: bool) -> None:
-        super().__init__(config)
-        self.ready = anyio.Event()          # set once startup ended (check `started` for success)
-        self._handle_signals = handle_signals
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        try:
-            await super().startup(sockets)
-        finally:
-            self.ready.set()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        if self._handle_signals:
-            with super().capture_signals():
-                yield
-        else:
-            yield
+    await serve_asgi(app, sock=sock, lifespan="on", graceful_seconds=graceful_seconds,
+                     handle_signals=handle_signals, task_status=task_status)
