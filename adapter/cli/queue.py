@@ -38,6 +38,20 @@ def _age(since: datetime | None, now: datetime) -> str:
     return f"{seconds}s"
 
 
+def _decode_payload(envelope: Envelope) -> str:
+    """The payload as text, for display: an HL7 v2 message in its MSH-18 charset, anything else as
+    UTF-8 (JSON), with Latin-1 as the fallback that always decodes."""
+    payload = envelope.payload or b""
+    if payload.startswith(b"MSH"):
+        from adapter.hl7.er7 import decode_bytes
+
+        return decode_bytes(payload)[0]
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return payload.decode("latin-1")
+
+
 def _with_store(args: argparse.Namespace, body: Callable[[Store, Any], Awaitable[int]]) -> int:
     from adapter.config import load_config
     from adapter.logging import configure_logging
@@ -137,9 +151,7 @@ async def _show(store: Store, config: Any, *, envelope_id: int, show_phi: bool) 
     if envelope.payload is None:
         print("  (purged by retention)")
         return 0
-    from adapter.worker.pool import decode_payload
-
-    text = decode_payload(envelope)
+    text = _decode_payload(envelope)
     print("  " + text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\n  ").rstrip())
     await _print_operations(config, envelope, text)
     return 0

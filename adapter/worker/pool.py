@@ -28,25 +28,27 @@ import structlog
 from anyio.abc import TaskStatus
 
 from adapter import metrics
-from adapter.envelope import Envelope, utcnow
+from adapter.envelope import Envelope, Source, utcnow
 from adapter.errors import PermanentError
 from adapter.retry import DeadLetter, LeaveClaim, RetryAt, RetryPolicy, describe_error
 from adapter.store.base import Store
 from adapter.worker.executor import Executor, OperationFailed
 
-__all__ = ["MappingProvider", "WorkerPool", "build_worker_pool", "decode_payload", "default_owner_id"]
+__all__ = ["REVERSE_SOURCES", "MappingProvider", "ReversePath", "WorkerPool", "build_worker_pool",
+           "default_owner_id"]
 
 logger = structlog.get_logger(__name__)
 
 
-class _MappingResult(Protocol):
-    route: Any
-    operations: Any
-    mapping_version: str
+# Envelopes from OnCall (webhooks, the contacts scrape) go to the reverse path, towards the EMR.
+REVERSE_SOURCES = frozenset({Source.ONCALL_WEBHOOK, Source.CONTACTS_SCRAPE})
 
 
-class _MappingSet(Protocol):
-    def map(self, kind: str, payload_text: str, *, source: str) -> Any: ...
+class ReversePath(Protocol):
+    """adapter.reverse.executor.ReverseExecutor: applies one OnCall -> EMR envelope, audits it, and
+    returns an outcome with `mapping_version` and `audit()`."""
+
+    async def process(self, envelope: Envelope) -> Any: ...
 
 
 MappingProvider = Callable[[], Any]
@@ -55,20 +57,6 @@ MappingProvider = Callable[[], Any]
 
 def default_owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{random.SystemRandom().getrandbits(32):08x}"
-
-
-def decode_payload(envelope: Envelope) -> str:
-    """The payload as text, for display: an HL7 v2 message in its MSH-18 charset, anything else as
-    UTF-8 (JSON), with Latin-1 as the fallback that always decodes."""
-    payload = envelope.payload or b""
-    if payload.startswith(b"MSH"):
-        from adapter.hl7.er7 import decode_bytes
-
-        return decode_bytes(payload)[0]
-    try:
-        return payload.decode("utf-8")
-    except UnicodeDecodeError:
-        return payload.decode("latin-1")
 
 
 @dataclass
@@ -85,7 +73,8 @@ class WorkerPool:
                  poll_seconds: float = 0.2, retry_policy: RetryPolicy | None = None,
                  emr_id_label: str = "EMR id", owner_id: str | None = None,
                  retention: timedelta = timedelta(days=30), prune_every: timedelta = timedelta(hours=1),
-                 seed: int | None = None, executor: Executor | None = None) -> None:
+                 seed: int | None = None, executor: Executor | None = None,
+                 reverse: ReversePath | None = None) -> None:
         if workers < 0 or batch < 1:
             raise ValueError(f"worker pool needs workers >= 0 and batch >= 1, got {workers}, {batch}")
         self.store = store
@@ -99,6 +88,7 @@ class WorkerPool:
         self.retention = retention
         self.prune_every = prune_every
         self.executor = executor or Executor(store, client, emr_id_label=emr_id_label)
+        self.reverse = reverse
         self._rng = random.Random(seed)
         self._wake = anyio.Event()
         self._stopping = False
@@ -213,14 +203,10 @@ class WorkerPool:
         started = time.perf_counter()
         source = str(envelope.source)
         try:
-            if envelope.payload is None:
-                raise PermanentError(
-                    f"envelope {envelope.id} has no payload (purged by retention)",
-                    hint="resend the message from the EMR; `queue drop ID --reason ...` to unblock")
-            mapping_set = self.mapping_provider()
-            # Raw bytes: the engine decodes them by the message's own charset (MSH-18).
-            result = mapping_set.map(envelope.kind, envelope.payload, source=source)
-            applied = await self.executor.execute(envelope, result)
+            if envelope.source in REVERSE_SOURCES:
+                mapping_version, detail = await self._reverse(envelope)
+            else:
+                mapping_version, detail = await self._forward(envelope)
         except anyio.get_cancelled_exc_class():
             raise
         except Exception as exc:
@@ -228,16 +214,37 @@ class WorkerPool:
             return
         elapsed = time.perf_counter() - started
         done = await self._store_call(self.store.complete(
-            envelope.id, self.owner_id, mapping_version=result.mapping_version,
-            detail={"ops": applied, "route": str(getattr(result, "route", "") or ""),
-                    "ms": round(elapsed * 1000, 1)}))
+            envelope.id, self.owner_id, mapping_version=mapping_version,
+            detail={**detail, "ms": round(elapsed * 1000, 1)}))
         if done:
             metrics.COMPLETED.labels(source=source, kind=envelope.kind).inc()
             metrics.PROCESSING_SECONDS.labels(source=source).observe(elapsed)
-            logger.info("envelope_completed", envelope_id=envelope.id, kind=envelope.kind, count=applied,
-                        mapping_version=result.mapping_version, elapsed_ms=round(elapsed * 1000, 1))
+            logger.info("envelope_completed", envelope_id=envelope.id, kind=envelope.kind,
+                        mapping_version=mapping_version, elapsed_ms=round(elapsed * 1000, 1))
         elif done is False:
             logger.warning("lease_lost", envelope_id=envelope.id, owner=self.owner_id)
+
+    async def _forward(self, envelope: Envelope) -> tuple[str | None, dict[str, Any]]:
+        """EMR -> OnCall: map, then apply the operations in order."""
+        if envelope.payload is None:
+            raise PermanentError(
+                f"envelope {envelope.id} has no payload (purged by retention)",
+                hint="resend the message from the EMR; `queue drop ID --reason ...` to unblock")
+        mapping_set = self.mapping_provider()
+        # Raw bytes: the engine decodes them by the message's own charset (MSH-18).
+        result = mapping_set.map(envelope.kind, envelope.payload, source=str(envelope.source))
+        applied = await self.executor.execute(envelope, result)
+        return result.mapping_version, {"ops": applied, "route": str(result.route or "")}
+
+    async def _reverse(self, envelope: Envelope) -> tuple[str | None, dict[str, Any]]:
+        """OnCall -> EMR, through the reverse executor (which audits what it did)."""
+        if self.reverse is None:
+            raise PermanentError(
+                f"envelope {envelope.id} from {envelope.source} is for the EMR, and no EMR target is set",
+                hint="set [emr] target (fhir, outbox or mllp), restart, then "
+                     "`oncall-adapter queue retry --all`")
+        outcome = await self.reverse.process(envelope)
+        return getattr(outcome, "mapping_version", None), {"action": getattr(outcome, "action", "")}
 
     async def _failed(self, envelope: Envelope, exc: Exception) -> None:
         error = exc.error if isinstance(exc, OperationFailed) else exc
@@ -304,8 +311,9 @@ class WorkerPool:
         return purged
 
 
-def build_worker_pool(runtime: Any, client: Any) -> WorkerPool:
-    """The pool as `oncall-adapter serve` runs it, from the runtime's config (composition root helper)."""
+def build_worker_pool(runtime: Any, client: Any, *, reverse: ReversePath | None = None) -> WorkerPool:
+    """The pool as `oncall-adapter serve` runs it, from the runtime's config (composition root helper).
+    `reverse`: the ReverseExecutor when [emr] target is set (webhook and scrape envelopes go to it)."""
     config = runtime.config
     return WorkerPool(
         runtime.store, runtime.mappings.get, client,
@@ -314,4 +322,4 @@ def build_worker_pool(runtime: Any, client: Any) -> WorkerPool:
         retry_policy=RetryPolicy(base=config.retry.base_seconds, cap=config.retry.cap_seconds,
                                  max_attempts=config.retry.max_attempts),
         emr_id_label=config.oncall.emr_id_field_label, owner_id=runtime.owner_id,
-        retention=timedelta(days=config.retention.completed_days))
+        retention=timedelta(days=config.retention.completed_days), reverse=reverse)

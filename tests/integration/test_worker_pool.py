@@ -213,3 +213,37 @@ async def test_leases_are_extended_during_slow_operations(store: Store, client: 
     events = [e.event for e in await store.history(envelope_id)]
     assert events.count("claimed") == 1 and "lease_expired" not in events
     assert await _contact_count(sandbox, "LONG", 1)
+
+
+async def test_oncall_envelopes_go_to_the_reverse_path(store: Store, client: OnCallClient,
+                                                       sandbox: Sandbox) -> None:
+    """Webhook envelopes are handed to the reverse path (its outcome completes them with its mapping
+    version); without an EMR target they wait in the dead letter with a reason that says what to set."""
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.seen: list[int] = []
+
+        async def process(self, envelope: Any) -> Any:
+            self.seen.append(envelope.id)
+            return type("Outcome", (), {"mapping_version": "reverse-v1", "action": "delivered"})()
+
+    body = b'{"event": "appointment_updated", "url": "https://api.oncallhealth.com/appointments/1"}'
+    first = (await store.append(NewEnvelope(Source.ONCALL_WEBHOOK, "appointment_updated", "appointment:1",
+                                            "webhook:1", body))).envelope.id
+    recorder = Recorder()
+    pool = _pool(store, client, reverse=recorder)
+    async with anyio.create_task_group() as tg:
+        await tg.start(pool.run)
+        await wait_for(lambda: _has_state(store, first, State.DONE))
+        pool.stop()
+    assert recorder.seen == [first] and (await store.get(first)).mapping_version == "reverse-v1"  # type: ignore
+    second = (await store.append(NewEnvelope(Source.ONCALL_WEBHOOK, "appointment_updated", "appointment:2",
+                                             "webhook:2", body))).envelope.id
+    bare = _pool(store, client)
+    async with anyio.create_task_group() as tg:
+        await tg.start(bare.run)
+        await wait_for(lambda: _has_state(store, second, State.DEAD))
+        bare.stop()
+    reason = (await store.get(second)).reason  # type: ignore[union-attr]
+    assert "no EMR target is set" in reason and "[emr] target" in reason
