@@ -95,7 +95,7 @@ class Adapter:
     def start(self) -> None:
         log = open(self.tmp / f"adapter-{self.starts}.log", "wb")   # noqa: SIM115 - closed with the process
         self.starts += 1
-        # ONCALL_E2E_SERVE: another command line for `serve` (e.g. a development stand-in).
+        # ONCALL_E2E_SERVE: another command line to run instead of the installed `oncall-adapter`.
         command = os.environ.get("ONCALL_E2E_SERVE", str(BIN)).split()
         self.proc = subprocess.Popen([*command, *self.args], cwd=self.tmp, env=self.env, stdout=log,
                                      stderr=subprocess.STDOUT)
