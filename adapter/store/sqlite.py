@@ -45,7 +45,7 @@ class SQLiteStore:
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: Literal["FULL", "NORMAL"] = "FULL",
                  dedup_window: timedelta | None = None, busy_timeout: float = 5.0,
-                 max_batch: int = 512, cache_mib: int = 64, wal_autocheckpoint: int = 4000,
+                 max_batch: int = 512, cache_mib: int = 64, wal_autocheckpoint: int = 1000,
                  journal_size_limit_mib: int = 64) -> None:
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
