@@ -54,7 +54,8 @@ class _Server(uvicorn.Server):
 
 
 async def serve_asgi(app: Any, *, host: str = "127.0.0.1", port: int = 0, sock: socket.socket | None = None,
-                     lifespan: Literal["auto", "on", "off"] = "off", graceful_seconds: float = 5.0, handle_signals: bool = False,
+                     lifespan: Literal["auto", "on", "off"] = "off", graceful_seconds: float = 5.0,
+                     handle_signals: bool = False,
                      task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
     """Run until cancelled (or, with `handle_signals`, until SIGINT/SIGTERM); reports the bound port."""
     sock = sock or bind_socket(host, port)

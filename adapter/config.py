@@ -76,6 +76,7 @@ class OnCallConfig(_Section):
     timeout_seconds: float = Field(30.0, gt=0)
     max_in_flight: int = Field(8, ge=1, le=64)
     emr_id_field_label: str = "EMR id"
+    emr_id_field_id: str | None = None     # the custom field's id, when known: skips looking it up
 
     @property
     def effective_base_url(self) -> str:

@@ -132,15 +132,24 @@ async def run_serve(config: Config, *, sandbox: bool = False,
                               secret=True)
         store = build_store(config)
         await store.open()
+        oc = config.oncall
         client = OnCallClient(base_url=base_url, region=None, api_key=api_key,
                               auth_scheme=config.oncall.auth_scheme, timeout=config.oncall.timeout_seconds,
-                              max_in_flight=config.oncall.max_in_flight)
+                              max_in_flight=config.oncall.max_in_flight,
+                              custom_field_ids={oc.emr_id_field_label: oc.emr_id_field_id}
+                              if oc.emr_id_field_id else None)
         runtime = Runtime(config, store, mappings, base_url, api_key, owner_id)
         closers: list[Callable[[], Awaitable[None]]] = [client.aclose, store.close]
         try:
-            pool = build_worker_pool(runtime, client)
+            reverse = None
+            if config.emr.target != "none":
+                from adapter.reverse.wiring import build_reverse_executor
+                reverse = build_reverse_executor(config, store, client, oncall_base_url=base_url,
+                                                 mappings=mappings.get)
+                closers.insert(0, reverse.aclose)
+            pool = build_worker_pool(runtime, client, reverse=reverse)
             if config.mllp.enabled:
-                runtime.listening["mllp"] = await tg.start(partial(_run_mllp, runtime))
+                runtime.listening["mllp"] = await tg.start(partial(_run_mllp, runtime, pool.wake))
             routes, handlers, more_closers = _http_routes(runtime, client, on_stored=pool.wake)
             closers[:0] = more_closers
             app = build_http_app(store, readiness=runtime.readiness, routes=routes,
@@ -187,13 +196,15 @@ def _sandbox_webhook(config: Config) -> dict[str, Any]:
             "webhook_secret_header": f"{config.webhooks.secret_header}: {secret}"}
 
 
-async def _run_mllp(runtime: Runtime, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
+async def _run_mllp(runtime: Runtime, on_stored: Callable[[], None], *,
+                    task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
     from adapter.hl7.intake import PatientIdPolicy
     from listeners.mllp import MessageHandler, TLSSettings, serve_mllp
 
     m = runtime.config.mllp
-    handler = MessageHandler(runtime.store, runtime.mappings.accepts, patient_ids=PatientIdPolicy(
-        tuple(m.patient_id_authorities), tuple(m.patient_id_type_codes)))
+    handler = MessageHandler(runtime.store, runtime.mappings.accepts, on_stored=on_stored,
+                             patient_ids=PatientIdPolicy(tuple(m.patient_id_authorities),
+                                                         tuple(m.patient_id_type_codes)))
     tls = (TLSSettings(m.tls_cert_file, m.tls_key_file, m.tls_client_ca_file)
            if m.tls_cert_file and m.tls_key_file else None)
     await serve_mllp(handler, host=m.host, port=m.port, tls=tls, max_message_bytes=m.max_message_bytes,

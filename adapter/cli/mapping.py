@@ -102,14 +102,7 @@ def _stored(args: argparse.Namespace) -> list[tuple[str, str, str, bytes]]:
     return anyio.run(fetch)
 
 
-def _quiet() -> None:
-    """Logs to stderr, warnings only: stdout carries the JSON of `map`."""
-    from adapter.logging import configure_logging
-    configure_logging(level="WARNING")
-
-
 def _map(args: argparse.Namespace) -> int:
-    _quiet()
     user_dir, tz = _config_defaults(args)
     if args.stored and not args.store:
         raise InputError("--stored needs --store URL (e.g. sqlite:///var/lib/oncall-adapter/store.db)")
@@ -154,7 +147,6 @@ def _print(label: str, result: dict[str, Any], tty: bool) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    _quiet()
     tz = args.timezone
     mapping_set = _load(Path(args.dir), tz, alone=args.alone)
     by_lang: dict[str, int] = {}

@@ -54,12 +54,9 @@ def _decode_payload(envelope: Envelope) -> str:
 
 def _with_store(args: argparse.Namespace, body: Callable[[Store, Any], Awaitable[int]]) -> int:
     from adapter.config import load_config
-    from adapter.logging import configure_logging
     from adapter.runtime import build_store
 
     config = load_config(args.config)
-    # An operator's command: only warnings, and on stderr so stdout (--json) stays parseable.
-    configure_logging(level="WARNING", fmt=config.logging.format, stream=sys.stderr)
 
     async def main() -> int:
         store = build_store(config)   # the same backend options as serve (PostgreSQL schema, pool)

@@ -215,9 +215,6 @@ def _summary(results: list[tuple[Message, str, str]], total: int) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from adapter.logging import configure_logging
-
-    configure_logging(level="WARNING", stream=sys.stderr)   # stdout carries the summary / the operations
     try:
         messages = read_messages([Path(p) for p in args.paths])
     except (FileNotFoundError, ValueError) as exc:

@@ -72,8 +72,9 @@ class MessageHandler:
 
     def __init__(self, store: Appender, accepts: Accepts = accept_all, *,
                  patient_ids: PatientIdPolicy | None = None, application: str | None = None,
-                 facility: str | None = None) -> None:
+                 facility: str | None = None, on_stored: Callable[[], None] | None = None) -> None:
         self._store = store
+        self._on_stored = on_stored          # e.g. WorkerPool.wake: claim now, not at the next poll
         self._accepts = accepts
         self._policy = patient_ids or PatientIdPolicy()
         self._application = application      # the ACK's MSH-3/4; default: the message's MSH-5/6
@@ -103,6 +104,8 @@ class MessageHandler:
         appended = await self._store.append(NewEnvelope(
             Source.MLLP, intake.kind, intake.ordering_key, intake.dedup_key, intake.payload,
             meta={**intake.meta, "peer": peer}))
+        if appended.outcome is AppendOutcome.STORED and self._on_stored is not None:
+            self._on_stored()
         verdict = Verdict.ACCEPTED
         conflict: AckError | None = None
         if appended.outcome is AppendOutcome.CONFLICT:
