@@ -20,6 +20,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
+from adapter.errors import TransientError
 from adapter.oncall.models import Appointment, Contact
 from adapter.store.base import Store, Xref
 from adapter.worker import xref
@@ -67,6 +68,13 @@ def _instant(value: Any) -> dt.datetime | None:
 async def is_echo_appointment(store: Store, appointment: Appointment) -> bool:
     entries = await store.xref_by_target(xref.APPOINTMENT, appointment.url)
     if not entries:
+        emr_id = (appointment.metadata or {}).get(xref.METADATA_APPOINTMENT_KEY)
+        if emr_id is not None:
+            # Created by the forward path, whose worker has not recorded it yet: OnCall fires the
+            # webhook as soon as it answers the POST. Decide once the record is there.
+            raise TransientError(f"appointment {appointment.id} was created from EMR appointment data that "
+                                 "the forward path has not recorded yet; deciding once it has",
+                                 retry_after=1.0)
         return False                      # made in OnCall: not ours
     detail = _first(entries).detail
     hashes: dict[str, str] = detail.get("h") or {}

@@ -18,6 +18,7 @@ import pytest
 
 import adapter.reverse.operations  # noqa: F401 - registers the reverse operation kinds
 from adapter.envelope import Source
+from adapter.errors import TransientError
 from adapter.fhir.emr_client import EMRFHIRClient
 from adapter.mapping.loader import SHIPPED_DIR, load_mapping_set
 from adapter.mapping.operations import AppointmentParticipant, AppointmentUpsert
@@ -202,3 +203,22 @@ async def test_the_adapters_own_write_is_not_echoed_back(
         assert [o.action for o in await w.drain()] == ["delivered"]
         [sent] = await w.search("Appointment", "appointments")
         assert sent["description"] == "Consult (by phone)"
+
+
+async def test_a_webhook_racing_the_forward_record_waits_for_it(
+        store: Store, make_oncall_sandbox: Callable[..., SandboxHandle],  # noqa: F811
+        emr_server: NodeFHIRServer) -> None:
+    """OnCall fires `appointment_created` as soon as it answers the forward path's POST, possibly
+    before the worker records the appointment: that webhook is retried (transient), not echoed to
+    the EMR; once the forward record exists, it is recognised as the adapter's own write."""
+    async with world(store, make_oncall_sandbox, emr_server) as w:
+        base = w.sandbox.base_url
+        body = {**_appointment(base, "Consult", ("Ada", "Lee")),
+                "metadata": {"emr_appointment_id": "EMR-RACE"}}
+        await w.api("POST", "/appointments/", json=body)
+        await w.webhooks_stored(1)
+        [envelope] = await store.claim("test", limit=1, lease=dt.timedelta(seconds=30))
+        with pytest.raises(TransientError) as info:
+            await w.executor.process(envelope)
+        assert "not recorded yet" in str(info.value)
+        assert await w.search("Appointment", "appointments") == []
