@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapter.errors import InputError
+from adapter.mapping.engine import MappingSet
 from adapter.mapping.loader import default_dirs, load_mapping_set
 from adapter.reconcile.emr_data import ExportSource, emr_from_resources
 from adapter.reconcile.emr_export import CsvColumns, read_export
@@ -25,7 +26,7 @@ WINDOW = Window(datetime(2024, 5, 1, tzinfo=UTC), datetime(2024, 6, 1, tzinfo=UT
 
 
 @pytest.fixture(scope="module")
-def mapping_set():  # type: ignore[no-untyped-def]
+def mapping_set() -> MappingSet:
     return load_mapping_set(default_dirs())
 
 
@@ -125,7 +126,7 @@ def test_csv_with_column_mapping(tmp_path: Path) -> None:
     assert [w for w, _ in contents.problems] == ["emr.csv:3", "emr.csv:4"]
 
 
-names = st.text(alphabet=st.characters(codec="utf-8", categories=("L",)), min_size=1, max_size=12)
+names = st.text(alphabet=st.characters(codec="utf-8", categories=["L"]), min_size=1, max_size=12)
 
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -8,6 +8,7 @@ import io
 import json
 from datetime import UTC, datetime
 from html.parser import HTMLParser
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -30,7 +31,7 @@ META = ReportMeta(
     10,
     3,
 )
-PATCH = {
+PATCH: dict[str, Any] = {
     "kind": "contact_patch",
     "contact_url": "https://api.oncallhealth.ca/contacts/7/",
     "emr_patient_id": "P7",
