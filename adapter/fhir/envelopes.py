@@ -10,8 +10,9 @@
   store (kv ``fhir:patient-key:<id>``) so that an Appointment, whose participant references carry
   only the FHIR id, orders under its first Patient participant's same key; failing that,
   ``appointment:<id>``.
-- payload: the bytes as received for a resource delivered alone; a Bundle entry's resource (or a
-  resource read from the EMR server) serialized canonically.
+- payload: the resource serialized canonically (sorted keys, no whitespace), however it arrived
+  (alone, in a Bundle, read from the EMR server), so that one version delivered by two routes is
+  recognised as a duplicate; a rejected delivery keeps the bytes as received, for diagnosis.
 """
 
 from __future__ import annotations

@@ -87,7 +87,9 @@ class FHIRIntake:
             raise
         if resource.id is None:
             resource = Resource(resource.resource_type, url_id, resource.version_id, resource.data, version)
-        envelope = await self._envelope(resource, body, delivery="rest-hook")
+        # Canonical bytes, as for Bundle entries and reads: the same version delivered by two routes
+        # (rest-hook, then a catch-up read) is then a duplicate, not a content conflict.
+        envelope = await self._envelope(resource, canonical_bytes(data), delivery="rest-hook")
         return await self._append_one(envelope)
 
     # -- notification Bundles -----------------------------------------------------------------

@@ -54,8 +54,8 @@ async def envelopes(store: Store) -> list:
 
 
 async def test_rest_hook_put_patient_is_stored_before_200(store: Store) -> None:
-    """PUT /fhir/Patient/{id} as HAPI delivers it: 200 after commit; the envelope carries the bytes as
-    received, kind Patient, the MRN ordering key and the versioned dedup key."""
+    """PUT /fhir/Patient/{id} as HAPI delivers it: 200 after commit; the envelope carries the resource
+    (canonically serialised), kind Patient, the MRN ordering key and the versioned dedup key."""
     body = sample("r4/Patient.json")
     async with endpoint(store) as client:
         response = await client.put("/fhir/Patient/pat-1001", content=body, headers=FHIR_JSON)
@@ -66,7 +66,7 @@ async def test_rest_hook_put_patient_is_stored_before_200(store: Store) -> None:
     assert (env.source, env.kind, env.state) == (Source.FHIR, "Patient", State.QUEUED)
     assert env.ordering_key == "patient:MRN100234"
     assert env.dedup_key == "fhir:Patient/pat-1001/_history/3"
-    assert env.payload == body
+    assert env.payload is not None and json.loads(env.payload) == json.loads(body)
     assert env.meta["resource_id"] == "pat-1001"
 
 
@@ -289,3 +289,26 @@ async def test_needs_emr_server_but_none_configured(store: Store, rel: str) -> N
         response = await client.post("/fhir", content=sample(rel), headers=FHIR_JSON)
     assert response.status_code == 501
     assert "emr_base_url" in response.json()["issue"][0]["diagnostics"]
+
+
+async def test_one_version_by_rest_hook_and_in_a_bundle_is_a_duplicate(store: Store) -> None:
+    """The same Patient version delivered alone (pretty-printed) and then inside a notification
+    Bundle (compact) is one envelope: a duplicate, not a quarantined content conflict."""
+    resource = json.loads(sample("r4/Patient.json"))
+    bundle = {"resourceType": "Bundle", "type": "history", "entry": [
+        {"fullUrl": "urn:uuid:0", "resource": {
+            "resourceType": "Parameters", "parameter": [
+                {"name": "subscription", "valueReference": {"reference": "Subscription/s1"}},
+                {"name": "topic", "valueCanonical": "http://example.org/topic"},
+                {"name": "type", "valueCode": "event-notification"},
+                {"name": "events-since-subscription-start", "valueString": "1"}]}},
+        {"fullUrl": "Patient/pat-1001", "resource": resource}]}
+    async with endpoint(store) as client:
+        first = await client.put("/fhir/Patient/pat-1001", content=json.dumps(resource, indent=2),
+                                 headers=FHIR_JSON)
+        second = await client.post("/fhir", content=json.dumps(bundle), headers=FHIR_JSON)
+    assert first.status_code == 200 and second.status_code == 200, second.text
+    stored = await envelopes(store)
+    assert [e.state for e in stored] == [State.QUEUED]
+    [audit] = [await store.history(e.id) for e in stored]
+    assert "duplicate" in [a.event for a in audit]
