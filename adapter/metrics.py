@@ -11,12 +11,12 @@ from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from adapter.envelope import State, utcnow
+from adapter.envelope import Appended, AppendOutcome, State, utcnow
 from adapter.store.base import QueueStats
 
 __all__ = [
     "COMPLETED", "DEAD_LETTERED", "DUPLICATES", "PROCESSING_SECONDS", "RECEIVED", "REGISTRY", "REJECTED",
-    "RETRIED", "render", "update_queue_gauges",
+    "RETRIED", "count_appended", "render", "update_queue_gauges",
 ]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -45,6 +45,18 @@ _DEAD = Gauge("oncall_adapter_dead_letter_depth", "Envelopes in the dead letter"
 _BLOCKED = Gauge("oncall_adapter_blocked_keys", "Ordering keys waiting behind a dead letter",
                  registry=REGISTRY)
 _SIZE = Gauge("oncall_adapter_store_size_bytes", "Size of the store", registry=REGISTRY)
+
+
+def count_appended(appended: Appended) -> None:
+    """Count one append at the edge that made it: received, rejected (kept with its reason) or duplicate."""
+    env = appended.envelope
+    source = str(env.source)
+    if appended.outcome is AppendOutcome.DUPLICATE:
+        DUPLICATES.labels(source=source).inc()
+    elif env.state in (State.REJECTED, State.QUARANTINED):
+        REJECTED.labels(source=source, kind=env.kind).inc()
+    else:
+        RECEIVED.labels(source=source, kind=env.kind).inc()
 
 
 def update_queue_gauges(stats: QueueStats, now: datetime | None = None) -> None:

@@ -25,7 +25,7 @@ import structlog
 from anyio.abc import TaskStatus
 
 from adapter import metrics
-from adapter.envelope import AppendOutcome, NewEnvelope, Source, content_hash
+from adapter.envelope import NewEnvelope, Source, content_hash
 from adapter.reverse.bundle import canonical_json
 from adapter.store.base import Store
 
@@ -69,8 +69,7 @@ async def scrape_contacts_once(store: Store, client: Any, *, on_stored: Any = No
             dedup_key=f"contact_scrape:{contact.id}:{n}:{digest[:32]}", payload=payload,
             meta={"contact_id": str(contact.id)}))
         await store.xref_put(CONTACT_HASH, contact.url, str(contact.id), {"hash": digest, "n": n})
-        if appended.outcome is AppendOutcome.STORED:
-            metrics.RECEIVED.labels(source=Source.CONTACTS_SCRAPE.value, kind=CONTACT_KIND).inc()
+        metrics.count_appended(appended)
         if known is None:
             new += 1
         else:

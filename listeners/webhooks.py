@@ -131,16 +131,14 @@ def webhook_routes(*, store: Store, secret: str, secret_header: str = "X-OnCall-
             meta={"event": event[:100], "appointment_id": str(appointment_id or "")},
             state=State.QUEUED if refusal is None else State.REJECTED, reason=refusal)
         appended = await store.append(new)
+        metrics.count_appended(appended)
         envelope_id = appended.envelope.id
         if refusal is not None:
-            metrics.REJECTED.labels(source=Source.ONCALL_WEBHOOK.value, kind="unknown").inc()
             log.info("webhook_ignored", envelope_id=envelope_id, reason_code="unknown_event",
                      appointment_id=appointment_id)
             return JSONResponse({"status": "ignored", "envelope_id": envelope_id})
-        if appended.outcome is AppendOutcome.STORED:
-            metrics.RECEIVED.labels(source=Source.ONCALL_WEBHOOK.value, kind=new.kind).inc()
-            if on_stored is not None:
-                on_stored()
+        if appended.outcome is AppendOutcome.STORED and on_stored is not None:
+            on_stored()
         log.info("envelope_stored", envelope_id=envelope_id, source=Source.ONCALL_WEBHOOK.value,
                  kind=new.kind, appointment_id=appointment_id, outcome=appended.outcome.value)
         return JSONResponse({"status": "stored", "envelope_id": envelope_id})

@@ -22,7 +22,7 @@ import anyio
 import structlog
 
 from adapter import metrics
-from adapter.envelope import Appended, AppendOutcome, NewEnvelope, Source, utcnow
+from adapter.envelope import Appended, AppendOutcome, NewEnvelope, utcnow
 from adapter.errors import ConfigError, FHIRInputError, PermanentError
 from adapter.fhir.emr_client import EMRFHIRClient
 from adapter.fhir.envelopes import OrderingKeys, new_envelope, rejected_envelope
@@ -212,12 +212,7 @@ class FHIRIntake:
         appended = await self.store.append_many(news)
         for a in appended:
             env = a.envelope
-            if a.outcome is AppendOutcome.DUPLICATE:
-                metrics.DUPLICATES.labels(Source.FHIR.value).inc()
-            elif env.state.value == "rejected":
-                metrics.REJECTED.labels(Source.FHIR.value, env.kind).inc()
-            else:
-                metrics.RECEIVED.labels(Source.FHIR.value, env.kind).inc()
+            metrics.count_appended(a)
             log.info("envelope_stored", envelope_id=env.id, source="fhir", kind=env.kind,
                      outcome=a.outcome.value, state=env.state.value, content_hash=env.content_hash[:16])
         return appended

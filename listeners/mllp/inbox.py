@@ -31,6 +31,7 @@ from typing import Protocol
 
 import structlog
 
+from adapter import metrics
 from adapter.envelope import Appended, AppendOutcome, NewEnvelope, Source, State, content_hash
 from adapter.errors import HL7InputError
 from adapter.hl7.ack import AckError, Verdict, ack_code, build_ack, hl7_timestamp, wants_ack
@@ -101,7 +102,7 @@ class MessageHandler:
         if reason is not None:
             error = AckError("200", f"{intake.kind} is not accepted: {reason}", "MSH^1^9")
             return await self._refuse(header, raw, Verdict.REJECTED, error, peer, intake=intake)
-        appended = await self._store.append(NewEnvelope(
+        appended = await self._append(NewEnvelope(
             Source.MLLP, intake.kind, intake.ordering_key, intake.dedup_key, intake.payload,
             meta={**intake.meta, "peer": peer}))
         if appended.outcome is AppendOutcome.STORED and self._on_stored is not None:
@@ -122,6 +123,11 @@ class MessageHandler:
                         control_id=header.control_id, peer=peer)
         return reply
 
+    async def _append(self, new: NewEnvelope) -> Appended:
+        appended = await self._store.append(new)
+        metrics.count_appended(appended)
+        return appended
+
     # -- refusals (stored REJECTED, then answered) --------------------------------------------------
     async def _refuse(self, header: Header, raw: bytes, verdict: Verdict, error: AckError, peer: str,
                       *, intake: Intake | None = None, extra: dict[str, str] | None = None) -> Reply:
@@ -130,7 +136,7 @@ class MessageHandler:
         meta = dict(intake.meta) if intake else {"control_id": control_id, "sender": header.sender,
                                                    "key_hash": key_hash(ordering_key)}
         meta.update(extra or {}, peer=peer, error_code=error.code, location=error.location or "")
-        appended = await self._store.append(NewEnvelope(
+        appended = await self._append(NewEnvelope(
             Source.MLLP, header.kind or "unknown", ordering_key,
             f"mllp-rejected:{header.sender}|{control_id}|{content_hash(raw)[:16]}", raw,
             meta=meta, state=State.REJECTED, reason=error.text))
@@ -144,7 +150,7 @@ class MessageHandler:
         """No usable MSH: stored REJECTED; AE in default delimiters, or close if it was oversized."""
         raw = frame.payload
         digest = content_hash(raw)
-        appended = await self._store.append(NewEnvelope(
+        appended = await self._append(NewEnvelope(
             Source.MLLP, "unreadable", f"unreadable:{digest[:16]}", f"mllp-rejected:unreadable|{digest}",
             raw, meta={"peer": peer, "error_code": exc.code, "truncated_from": str(frame.size)},
             state=State.REJECTED, reason=str(exc)))

@@ -55,6 +55,7 @@ def test_health_readiness_metrics_and_graceful_stop(adapter: Adapter, tmp_path: 
     adapter.run("replay", "--mllp", f"127.0.0.1:{adapter.mllp_port}", str(_write(tmp_path, _adt("C1"))))
     wait_until(adapter.settled, deadline=60, what="the queue to settle")
     text = httpx.get(f"{http}/metrics").text
+    assert 'oncall_adapter_envelopes_received_total{kind="ADT^A04",source="mllp"} 1.0' in text
     assert 'oncall_adapter_envelopes_completed_total{kind="ADT^A04",source="mllp"} 1.0' in text
     assert 'oncall_adapter_queue_depth{state="done"} 1.0' in text
     assert "oncall_adapter_processing_seconds_bucket" in text
