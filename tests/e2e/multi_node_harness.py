@@ -88,7 +88,7 @@ class StoreView:
 
 # -- messages -----------------------------------------------------------------------------------------
 def message_id(patient: int, seq: int) -> str:
-    return f"MN{patient:04d}{seq:04d}"
+    return f"MN{patient:05d}{seq:04d}"
 
 
 def phone_of(patient: int, seq: int) -> str:
