@@ -88,10 +88,12 @@ def _payloads(args: argparse.Namespace) -> Iterator[tuple[str, str, str, bytes]]
 def _stored(args: argparse.Namespace) -> list[tuple[str, str, str, bytes]]:
     import anyio
 
+    from adapter.config import load_config
+    from adapter.runtime import build_store
     from adapter.store import open_store
 
     async def fetch() -> list[tuple[str, str, str, bytes]]:
-        store = open_store(args.store)
+        store = open_store(args.store) if args.store else build_store(load_config(args.config))
         await store.open()
         try:
             envelopes = await store.list(limit=args.stored)
@@ -104,8 +106,6 @@ def _stored(args: argparse.Namespace) -> list[tuple[str, str, str, bytes]]:
 
 def _map(args: argparse.Namespace) -> int:
     user_dir, tz = _config_defaults(args)
-    if args.stored and not args.store:
-        raise InputError("--stored needs --store URL (e.g. sqlite:///var/lib/oncall-adapter/store.db)")
     items = _stored(args) if args.stored else list(_payloads(args))
     if not items:
         raise InputError("no messages given: name files, or use --stored N --store URL")
@@ -186,7 +186,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--compare", nargs=2, metavar=("OLD_DIR", "NEW_DIR"),
                    help="print the field-level differences between two mapping folders")
     m.add_argument("--stored", type=int, metavar="N", help="use the last N stored envelopes instead of files")
-    m.add_argument("--store", metavar="URL", help="store URL for --stored (sqlite:///path, postgresql://...)")
+    m.add_argument("--store", metavar="URL",
+                   help="store URL for --stored (sqlite:///path, postgresql://...); default: [store] url")
     m.set_defaults(handler=_map)
 
     ms = subparsers.add_parser("mappings", help="validate mapping folders, print the mapping reference",
