@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/store_append.py [--appends 4000] [--synchronous FULL] [--queued 100000]
 
 Measures, on a fresh file in a temporary directory:
+- the cost of one durable write on this file system (pwrite 1.2 KB + fdatasync), the floor of a
+  commit under synchronous=FULL;
 - appends/s and p50/p99 append latency for 1 and 8 concurrent appenders (group commit at work),
   with the number of commits (appends per commit = batching factor);
 - claim time with `--queued` envelopes waiting: spread over 10,000 keys, all in one key behind a
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import statistics
 import tempfile
 import time
@@ -42,6 +45,25 @@ def pct(values: list[float], p: float) -> float:
     if len(values) < 2:
         return values[0]
     return statistics.quantiles(values, n=100, method="inclusive")[int(p) - 1]
+
+
+def fsync_cost(directory: Path, rounds: int = 1000) -> None:
+    path = directory / "fsync.probe"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, b"\0" * (4 << 20))
+        os.fsync(fd)
+        times = []
+        for i in range(rounds):
+            start = time.perf_counter()
+            os.pwrite(fd, b"x" * 1200, (i * 4096) % (4 << 20))   # in place, as a reused WAL is written
+            os.fdatasync(fd)
+            times.append(time.perf_counter() - start)
+    finally:
+        os.close(fd)
+        path.unlink()
+    print(f"fsync   pwrite 1.2 KB + fdatasync: p50 {pct(times, 50) * 1000:6.2f} ms   "
+          f"p99 {pct(times, 99) * 1000:6.2f} ms")
 
 
 async def appends(store: SQLiteStore, total: int, tasks: int) -> None:
@@ -88,8 +110,9 @@ async def time_claims(store: SQLiteStore, label: str, rounds: int = 50) -> None:
 
 async def main(args: argparse.Namespace) -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         print(f"SQLite store, synchronous={args.synchronous}, file in {tmp}")
+        fsync_cost(Path(tmp))
         store = SQLiteStore(Path(tmp) / "a.db", synchronous=args.synchronous)
         await store.open()
         try:
@@ -135,4 +158,6 @@ if __name__ == "__main__":
     parser.add_argument("--appends", type=int, default=4000)
     parser.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL")
     parser.add_argument("--queued", type=int, default=100_000)
+    parser.add_argument("--dir", help="where the files go (default: the system temporary directory); "
+                                      "use the store's real file system, not tmpfs")
     anyio.run(main, parser.parse_args())
