@@ -314,12 +314,18 @@ class WorkerPool:
 def build_worker_pool(runtime: Any, client: Any, *, reverse: ReversePath | None = None) -> WorkerPool:
     """The pool as `oncall-adapter serve` runs it, from the runtime's config (composition root helper).
     `reverse`: the ReverseExecutor when [emr] target is set (webhook and scrape envelopes go to it)."""
+    from adapter.reconcile.apply import ReconcileExecutor, with_reconcile
+
     config = runtime.config
+    label = config.oncall.emr_id_field_label
     return WorkerPool(
-        runtime.store, runtime.mappings.get, client,
+        # Reconcile envelopes carry their operations already: the wrapped mapping set passes them
+        # through, and the reconcile executor adds their compare-and-set kinds to the forward ones.
+        runtime.store, with_reconcile(runtime.mappings.get), client,
+        executor=ReconcileExecutor(runtime.store, client, emr_id_label=label),
         workers=config.workers.count, batch=config.workers.batch,
         lease=timedelta(seconds=config.store.lease_seconds), poll_seconds=config.workers.poll_seconds,
         retry_policy=RetryPolicy(base=config.retry.base_seconds, cap=config.retry.cap_seconds,
                                  max_attempts=config.retry.max_attempts),
-        emr_id_label=config.oncall.emr_id_field_label, owner_id=runtime.owner_id,
+        emr_id_label=label, owner_id=runtime.owner_id,
         retention=timedelta(days=config.retention.completed_days), reverse=reverse)
