@@ -173,10 +173,12 @@ async def _send_fhir(messages: list[Message], base: str, headers: dict[str, str]
 
 
 def configured_mappings(config: Any) -> Any:
-    """The mapping set `serve` would load: the shipped files, overridden by the configured folder."""
-    from adapter.mapping.loader import default_dirs, load_mapping_set
+    """The mapping set `serve` would load (shipped files overridden by the configured folder), able
+    to show reconcile envelopes too, as the workers see them."""
+    from adapter.reconcile.apply import ReconcileMappings
+    from adapter.runtime import MappingHolder, mapping_dirs
 
-    return load_mapping_set(default_dirs(config.mappings.dir), timezone=config.mappings.timezone)
+    return ReconcileMappings(MappingHolder(mapping_dirs(config), config.mappings.timezone).get())
 
 
 def _dry_run(args: argparse.Namespace, messages: list[Message]) -> int:
