@@ -145,6 +145,18 @@ class RetentionConfig(_Section):
     completed_days: float = Field(30.0, gt=0)
 
 
+class ReconcileConfig(_Section):
+    """`oncall-adapter reconcile`: the appointment window, and how to read an EMR export file."""
+
+    window_past_days: float = Field(7.0, ge=0)
+    window_future_days: float = Field(90.0, ge=0)
+    concurrency: int = Field(4, ge=1, le=32)
+    emr_export: Path | None = None        # a FHIR Bundle (.json), NDJSON or CSV export of the EMR's patients
+    csv_columns: str | None = None        # field=Column,... (fields: id, first_name, last_name, email, ...)
+    csv_date_format: str | None = None    # strptime format of CSV birth dates (default YYYY-MM-DD)
+    csv_delimiter: str = Field(",", min_length=1, max_length=1)
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["auto", "json", "console"] = "auto"
@@ -172,6 +184,7 @@ class Config(_Section):
     emr: EMRConfig = EMRConfig()
     scrape: ScrapeConfig = ScrapeConfig()
     retention: RetentionConfig = RetentionConfig()
+    reconcile: ReconcileConfig = ReconcileConfig()
     logging: LoggingConfig = LoggingConfig()
     sandbox: SandboxConfig = SandboxConfig()
 

@@ -15,8 +15,6 @@ from adapter.errors import AdapterError, InputError
 
 __all__ = ["parse_when", "register"]
 
-DEFAULT_PAST = dt.timedelta(days=7)
-DEFAULT_FUTURE = dt.timedelta(days=90)
 
 _DESCRIPTION = """\
 Compare the crosswalk, OnCall (every roster contact; the appointments in a time window) and, when
@@ -42,9 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--since", metavar="WHEN", type=parse_when,
                         help="appointments starting from WHEN (YYYY-MM-DD or ISO datetime; "
-                             "default 7 days ago)")
+                             "default: reconcile.window_past_days, 7, ago)")
     parser.add_argument("--until", metavar="WHEN", type=parse_when,
-                        help="appointments starting before WHEN (default 90 days from now)")
+                        help="appointments starting before WHEN (default: reconcile.window_future_days, "
+                             "90, from now)")
     parser.add_argument("--emr-export", metavar="PATH", type=Path,
                         help="read the EMR from an export file (.json Bundle, .ndjson, .csv) instead of "
                              "searching fhir.emr_base_url")
@@ -55,13 +54,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "phone, sex, date_of_birth (default: the field names)")
     parser.add_argument("--csv-date-format", metavar="FMT", help="strptime format of CSV birth dates "
                         "(default ISO YYYY-MM-DD)")
-    parser.add_argument("--csv-delimiter", metavar="CHAR", default=",", help="CSV delimiter (default ,)")
+    parser.add_argument("--csv-delimiter", metavar="CHAR", help="CSV delimiter (default ,)")
     parser.add_argument("--format", choices=("table", "json", "csv", "html"), default="table",
                         help="report format (default table)")
     parser.add_argument("--output", metavar="FILE", type=Path,
                         help="write the report to FILE (created readable by you only) instead of stdout")
-    parser.add_argument("--concurrency", metavar="N", type=int, default=4,
+    parser.add_argument("--concurrency", metavar="N", type=int,
                         help="OnCall requests in flight while collecting (default 4)")
+    parser.add_argument("--sandbox", action="store_true",
+                        help="reconcile against the local sandbox that `serve --sandbox` runs")
     parser.add_argument("--fix", action="store_true",
                         help="show the safe corrections (queue them with --yes)")
     parser.add_argument("--yes", action="store_true", help="with --fix: queue the corrections")
@@ -90,13 +91,23 @@ def _reconcile(args: argparse.Namespace) -> int:
     if args.emr_export and args.no_emr:
         raise InputError("--emr-export and --no-emr contradict each other", hint="keep one")
     config = load_config(args.config)
-    api_key = config.secret("oncall", "api_key")
+    api_key = config.sandbox.token if args.sandbox else config.secret("oncall", "api_key")
+    if args.sandbox:   # the sandbox `serve --sandbox` runs, as configured in [sandbox]
+        config = config.model_copy(update={"oncall": config.oncall.model_copy(update={
+            "base_url": f"http://{config.sandbox.host}:{config.sandbox.port}"})})
     if not api_key:
         raise AdapterError("no OnCall API key",
                            hint="set ONCALL_ADAPTER_ONCALL__API_KEY or oncall.api_key_file")
+    rc = config.reconcile
+    # The command line wins over [reconcile]; both default to the section's values.
+    args.emr_export = args.emr_export or rc.emr_export
+    args.csv_columns = args.csv_columns or rc.csv_columns
+    args.csv_date_format = args.csv_date_format or rc.csv_date_format
+    args.csv_delimiter = args.csv_delimiter or rc.csv_delimiter
+    args.concurrency = args.concurrency or rc.concurrency
     now = dt.datetime.now(dt.UTC)
-    since = args.since or now - DEFAULT_PAST
-    until = args.until or now + DEFAULT_FUTURE
+    since = args.since or now - dt.timedelta(days=rc.window_past_days)
+    until = args.until or now + dt.timedelta(days=rc.window_future_days)
     if until <= since:
         raise InputError(f"--until ({until.isoformat()}) is not after --since ({since.isoformat()})",
                          hint="give a window that ends after it starts")
@@ -109,9 +120,9 @@ async def _main(args: argparse.Namespace, config: Any, api_key: str, since: dt.d
     from adapter.reconcile import reconcile
     from adapter.reconcile.model import Window
     from adapter.reconcile.progress import Progress
-    from adapter.store import open_store
+    from adapter.runtime import build_store
 
-    store = open_store(config.store.url)
+    store = build_store(config)
     await store.open()
     closers: list[Any] = []
     try:
