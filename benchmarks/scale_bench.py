@@ -148,9 +148,14 @@ def _stop_all(nodes: list[Adapter]) -> None:
         list(pool.map(lambda node: node.stop(), nodes))
 
 
+NODE_PATH: list[str] = []     # --node-path: extra import paths for the nodes (try a package first)
+
+
 def _make_nodes(tmp: Path, backend: str, count: int, schema: str, sandbox_url: str, tag: str,
                 extra: dict[str, str]) -> list[Adapter]:
     nodes = []
+    if NODE_PATH:
+        extra = {**extra, "PYTHONPATH": os.pathsep.join([str(ROOT), *NODE_PATH])}
     for index in range(count):
         home = tmp / f"{tag}-node{index}"
         home.mkdir(exist_ok=True)
@@ -196,9 +201,9 @@ def _ingest(tmp: Path, backend: str, count: int, schema: str, sandbox_url: str,
 
 
 def _deliver(tmp: Path, backend: str, count: int, schema: str, sandbox_url: str, view: Any, total: int,
-             tag: str, profile: bool) -> dict[str, Any]:
+             tag: str, profile: Path | None) -> dict[str, Any]:
     nodes = _make_nodes(tmp, backend, count, schema, sandbox_url, tag, {})
-    prof_path = tmp / f"{tag}-node0.prof"
+    prof_path = profile or tmp / "unused.prof"
     if profile:   # node 0 under cProfile (it writes the file when serve returns after SIGTERM)
         os.environ["ONCALL_E2E_SERVE"] = f"{sys.executable} -m cProfile -o {prof_path} {BIN}"
     try:
@@ -271,11 +276,12 @@ def _top_functions(path: Path, limit: int = 10) -> list[str]:
     return out
 
 
-def run_setup(setup: str, args: argparse.Namespace, base: Path) -> Result:
-    """Ingest once per --window; the i-th ingest is then drained at the i-th --latency-ms."""
+def run_setup(setup: str, args: argparse.Namespace, base: Path, *, profile: Path | None = None) -> Result:
+    """Ingest once per --window; the i-th ingest is then drained at the i-th --latency-ms. With
+    `profile`, node 0 of each delivery runs under cProfile (its figures are then not comparable)."""
     backend, count_text = setup.split(":")
     count = int(count_text)
-    tmp = base / f"{backend}-{count}"
+    tmp = base / f"{backend}-{count}{'-profiled' if profile else ''}"
     tmp.mkdir()
     result = Result(setup, count, args.patients * args.per_patient)
     with pg_schema("scale") as schema, sandbox_process(tmp) as sandbox_url:
@@ -294,7 +300,7 @@ def run_setup(setup: str, args: argparse.Namespace, base: Path) -> Result:
                 latency = args.latency_ms[run]
                 _reset_sandbox(sandbox_url, latency)
                 result.delivery[str(latency)] = _deliver(tmp, backend, count, schema, sandbox_url, view,
-                                                         ingested, f"dl{run}", args.profile)
+                                                         ingested, f"dl{run}", profile)
                 shown = {k: v for k, v in result.delivery[str(latency)].items() if k != "profile"}
                 print(f"  {setup} delivery latency {latency} ms: {shown}", flush=True)
         finally:
@@ -322,20 +328,37 @@ def main() -> None:
                         help="messages in flight per MLLP connection during ingest (one run each)")
     parser.add_argument("--latency-ms", type=int, nargs="+", default=[0, 50],
                         help="sandbox latency per API call during delivery (one run each)")
-    parser.add_argument("--profile", action="store_true", help="run node 0 of each delivery under cProfile")
+    parser.add_argument("--profile", type=Path, metavar="FILE.prof",
+                        help="afterwards, one more postgres:1 run (first window, first latency) with its "
+                             "node under cProfile, saved to FILE.prof; its rate is not comparable")
     parser.add_argument("--out", type=Path, help="write the results as JSON")
+    parser.add_argument("--node-path", nargs="+", default=[], metavar="DIR",
+                        help="extra import paths for the serve processes (e.g. a package installed with "
+                             "`pip install --target DIR`, to measure it before adding it)")
     args = parser.parse_args()
+    NODE_PATH.extend(args.node_path)
     if len(args.latency_ms) > len(args.window):
         parser.error("each delivery run drains one ingest run: "
                      "give at least as many --window as --latency-ms")
     print(f"{CPUS} CPUs; load average {os.getloadavg()[0]:.2f} at start", flush=True)
     results = []
+    profiled_result: Result | None = None
     with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp:
         for setup in args.setups:
             print(f"{setup}:", flush=True)
             results.append(run_setup(setup, args, Path(tmp)))
+        if args.profile:
+            print("profiled run (postgres:1, node under cProfile):", flush=True)
+            profiled = argparse.Namespace(**{**vars(args), "window": args.window[:1],
+                                             "latency_ms": args.latency_ms[:1]})
+            profiled_result = run_setup("postgres:1", profiled, Path(tmp), profile=args.profile)
     print(f"load average {os.getloadavg()[0]:.2f} at end")
     _print_table(results, args)
+    if profiled_result is not None:
+        print("\nWhere node 0's time goes (postgres:1 under cProfile, delivery at "
+              f"{args.latency_ms[0]} ms):")
+        for line in profiled_result.delivery[str(args.latency_ms[0])].get("profile", []):
+            print(f"  {line}")
     if args.out:
         args.out.write_text(json.dumps([asdict(r) for r in results], indent=2))
 
@@ -348,7 +371,8 @@ def _print_table(results: list[Result], args: argparse.Namespace) -> None:
         cells = [str(r.ingest.get(str(w), {}).get("msg_per_s", "-")) for w in args.window]
         cells += [str(r.delivery.get(str(lat), {}).get("env_per_s", "-")) for lat in args.latency_ms]
         print(f"| {r.setup} | " + " | ".join(cells) + " |")
-    print("\nCPU seconds per part (ingest at the last window, delivery at each latency):")
+    print("\nCPU seconds per part (ingest at the last window, delivery at each latency; postgres is every "
+          "postgres process on the machine, other users' included):")
     for r in results:
         last = r.ingest.get(str(args.window[-1]), {})
         print(f"  {r.setup} ingest: {last.get('cpu')}")
