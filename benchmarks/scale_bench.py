@@ -149,11 +149,13 @@ def _stop_all(nodes: list[Adapter]) -> None:
 
 
 NODE_PATH: list[str] = []     # --node-path: extra import paths for the nodes (try a package first)
+NODE_ENV: dict[str, str] = {}  # --set: extra settings for every node (ONCALL_ADAPTER_... variables)
 
 
 def _make_nodes(tmp: Path, backend: str, count: int, schema: str, sandbox_url: str, tag: str,
                 extra: dict[str, str]) -> list[Adapter]:
     nodes = []
+    extra = {**NODE_ENV, **extra}
     if NODE_PATH:
         extra = {**extra, "PYTHONPATH": os.pathsep.join([str(ROOT), *NODE_PATH])}
     for index in range(count):
@@ -335,8 +337,16 @@ def main() -> None:
     parser.add_argument("--node-path", nargs="+", default=[], metavar="DIR",
                         help="extra import paths for the serve processes (e.g. a package installed with "
                              "`pip install --target DIR`, to measure it before adding it)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="VAR=VALUE",
+                        help="settings for every node, e.g. ONCALL_ADAPTER_ONCALL__MAX_IN_FLIGHT=24 "
+                             "(one process with three times the concurrency, against three processes)")
     args = parser.parse_args()
     NODE_PATH.extend(args.node_path)
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not name.startswith("ONCALL_ADAPTER_") or not sep:
+            parser.error(f"--set {item!r}: expected ONCALL_ADAPTER_<SECTION>__<KEY>=VALUE")
+        NODE_ENV[name] = value
     if len(args.latency_ms) > len(args.window):
         parser.error("each delivery run drains one ingest run: "
                      "give at least as many --window as --latency-ms")
