@@ -15,7 +15,7 @@ import hashlib
 import logging
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO, cast
 
 import structlog
 
@@ -76,10 +76,29 @@ def scrub(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> Mut
     return event_dict
 
 
+class _Stderr:
+    """sys.stderr as it is when a line is written, not when logging was configured (tests and
+    embedding programs replace sys.stderr; a stream captured once may be closed by then)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
+class _StderrHandler(logging.StreamHandler):
+    def __init__(self) -> None:
+        super().__init__(cast(TextIO, _Stderr()))
+
+
 def configure_logging(*, level: str = "INFO", fmt: str = "auto", log_phi: bool = False,
                       stream: Any = None) -> None:
-    """Set up structlog once per process: JSON off a TTY, readable on one."""
-    out = stream if stream is not None else sys.stderr
+    """Set up structlog for the process: JSON off a TTY, readable on one; stderr unless `stream`."""
+    out = stream if stream is not None else cast(TextIO, _Stderr())
     use_console = fmt == "console" or (fmt == "auto" and hasattr(out, "isatty") and out.isatty())
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -99,6 +118,11 @@ def configure_logging(*, level: str = "INFO", fmt: str = "auto", log_phi: bool =
         cache_logger_on_first_use=False,
     )
     # Libraries that log through the stdlib (uvicorn, httpx) must not leak URLs with query values or bodies.
-    logging.basicConfig(level=logging.WARNING, stream=out, format="%(levelname)s %(name)s %(message)s")
+    root = logging.getLogger()
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.WARNING)
     for noisy in ("httpx", "httpcore", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -35,13 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "else ./oncall-adapter.toml if present, else built-in defaults)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 
