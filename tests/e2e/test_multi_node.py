@@ -76,14 +76,15 @@ def _completions(view: StoreView) -> dict[str, dict[str, Any]]:
                count(*) FILTER (WHERE a.event = 'completed'),
                count(*) FILTER (WHERE a.event = 'op_applied'),
                count(*) FILTER (WHERE a.event = 'duplicate'),
-               min(a.at) FILTER (WHERE a.event = 'claimed'),
+               min(a.id) FILTER (WHERE a.event = 'claimed'),
+               max(a.id) FILTER (WHERE a.event = 'completed'),
                max(a.at) FILTER (WHERE a.event = 'completed'),
                array_agg(a.detail->>'previous_owner') FILTER (WHERE a.event = 'lease_expired')
         FROM envelopes e JOIN audit a ON a.envelope_id = e.id
         GROUP BY e.id""")
     return {r[0]: {"id": r[1], "key": r[2], "state": r[3], "claims": r[4], "completed": r[5],
-                   "applied": r[6], "duplicates": r[7], "first_claim": r[8], "done_at": r[9],
-                   "expired_from": r[10] or []} for r in rows}
+                   "applied": r[6], "duplicates": r[7], "first_claim_row": r[8], "done_row": r[9],
+                   "done_at": r[10], "expired_from": r[11] or []} for r in rows}
 
 
 def test_three_nodes_on_one_postgres_survive_a_sigkill_in_order_and_exactly_once(tmp_path: Path) -> None:
@@ -175,8 +176,11 @@ def _assert_store_exactly_once_in_order(view: StoreView, *, killed_pid: int, res
         assert len({e["key"] for e in chain}) == 1
         for before, after in itertools.pairwise(chain):
             assert before["id"] < after["id"], f"patient {patient}: stored out of send order"
-            assert before["done_at"] < after["first_claim"], \
+            # Audit row ids, not timestamps: a node takes its clock before waiting for a connection, so a
+            # claim's `at` may precede the completion it waited for; ids are drawn inside the statements.
+            assert before["done_row"] < after["first_claim_row"], \
                 f"patient {patient}: envelope {after['id']} claimed before {before['id']} completed"
+            assert before["done_at"] < after["done_at"], f"patient {patient}: completed out of send order"
     return taken_over
 
 
