@@ -78,8 +78,9 @@ def wants_ack(verdict: Verdict, *, enhanced: bool, accept_ack_type: str) -> bool
     return True                                   # AL, empty or unknown: answer
 
 
-def hl7_timestamp(now: datetime | None = None) -> str:
-    return (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%d%H%M%S+0000")
+def hl7_timestamp(value: datetime | None = None) -> str:
+    """An HL7 DTM with seconds and its offset (now, in UTC, by default): 20260301140000+0000."""
+    return (value or datetime.now(UTC)).strftime("%Y%m%d%H%M%S%z")
 
 
 def build_ack(msh: Segment | None, code: str, *, control_id: str, timestamp: str,

@@ -19,6 +19,7 @@ from typing import Literal
 
 from hl7apy.core import Message, Segment
 
+from adapter.hl7.ack import hl7_timestamp
 from adapter.hl7.er7 import escape
 from adapter.oncall.urls import object_id
 from adapter.reverse.bundle import BundleBuilder
@@ -48,11 +49,6 @@ def _t(value: str) -> str:
     return escape(value)
 
 
-def hl7_ts(value: dt.datetime) -> str:
-    """An HL7 DTM with seconds and offset: 20260301140000+0000."""
-    return value.strftime("%Y%m%d%H%M%S%z")
-
-
 @dataclass(frozen=True, slots=True)
 class MessageHeader:
     sending_application: str = "ONCALL-ADAPTER"
@@ -74,7 +70,7 @@ class HL7Builder:
         msg = Message("ADT_A01", version=VERSION)   # A04 and A08 share the ADT_A01 structure
         self._msh(msg, f"ADT^{trigger}^ADT_A01", control_id, now)
         msg.evn.evn_1 = trigger
-        msg.evn.evn_2 = hl7_ts(now)
+        msg.evn.evn_2 = hl7_timestamp(now)
         self._pid(msg.pid, patient, 1)
         msg.pv1.pv1_1 = "1"
         msg.pv1.pv1_2 = "N"    # not applicable: a registration, not a visit
@@ -101,8 +97,8 @@ class HL7Builder:
             sch.sch_10.ce_1 = "min"
         if op.start is not None and op.end is not None:
             tq = sch.add_field("SCH_11")
-            tq.tq_4.ts_1 = hl7_ts(op.start)
-            tq.tq_5.ts_1 = hl7_ts(op.end)
+            tq.tq_4.ts_1 = hl7_timestamp(op.start)
+            tq.tq_5.ts_1 = hl7_timestamp(op.end)
         # SCH-16 (filler contact) and SCH-20 (entered by) are required in 2.5: the change came from OnCall
         sch.sch_16.xcn_1 = _t(self.header.sending_application)
         sch.sch_20.xcn_1 = _t(self.header.sending_application)
@@ -127,7 +123,7 @@ class HL7Builder:
             msh.msh_5.hd_1 = _t(h.receiving_application)
         if h.receiving_facility:
             msh.msh_6.hd_1 = _t(h.receiving_facility)
-        msh.msh_7 = hl7_ts(now)
+        msh.msh_7 = hl7_timestamp(now)
         code, trigger, structure = message_type.split("^")
         msh.msh_9.msg_1 = code
         msh.msh_9.msg_2 = trigger
