@@ -35,7 +35,7 @@ SAFE_KEYS = frozenset({
     "sending_application", "sending_facility", "segment",
     # network and processes
     "peer", "host", "port", "url_path", "method", "connections", "tls", "pid", "worker", "workers",
-    "path", "base_url", "config_file", "store", "listener", "signal",
+    "path", "base_url", "config_file", "store", "listener", "signal", "mllp_port", "http_port",
     # OnCall objects are referred to by id only
     "oncall_id", "object", "object_id", "appointment_id", "contact_id", "participant_id", "event_type",
     "resource_type", "resource_id_hash", "version_id",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -58,7 +59,8 @@ class MappingHolder:
         except AdapterError as exc:
             log.error("mappings_reload_refused", error_type=type(exc).__name__,
                       mapping_version=self.current.version)
-            print(f"oncall-adapter: mapping reload refused, keeping the current set: {exc}", flush=True)
+            print(f"oncall-adapter: mapping reload refused, keeping the current set: {exc}",
+                  file=sys.stderr, flush=True)
             return False
         self.current = new
         log.info("mappings_reloaded", mapping_version=new.version)
@@ -83,7 +85,6 @@ class Runtime:
     store: Store
     mappings: MappingHolder
     oncall_base_url: str
-    oncall_api_key: str | None
     owner_id: str
     listening: dict[str, int] = field(default_factory=dict)   # listener name -> bound port
 
@@ -106,8 +107,7 @@ async def _handle_signals(scope: anyio.CancelScope, mappings: MappingHolder) -> 
             return
 
 
-async def run_serve(config: Config, *, sandbox: bool = False,
-                    started: Callable[[Runtime], Awaitable[None]] | None = None) -> None:
+async def run_serve(config: Config, *, sandbox: bool = False) -> None:
     """Run until SIGINT/SIGTERM (or cancellation)."""
     from adapter.oncall.client import OnCallClient
     from adapter.worker.pool import build_worker_pool
@@ -133,12 +133,11 @@ async def run_serve(config: Config, *, sandbox: bool = False,
         store = build_store(config)
         await store.open()
         oc = config.oncall
-        client = OnCallClient(base_url=base_url, region=None, api_key=api_key,
-                              auth_scheme=config.oncall.auth_scheme, timeout=config.oncall.timeout_seconds,
-                              max_in_flight=config.oncall.max_in_flight,
+        client = OnCallClient(base_url=base_url, region=None, api_key=api_key, auth_scheme=oc.auth_scheme,
+                              timeout=oc.timeout_seconds, max_in_flight=oc.max_in_flight,
                               custom_field_ids={oc.emr_id_field_label: oc.emr_id_field_id}
                               if oc.emr_id_field_id else None)
-        runtime = Runtime(config, store, mappings, base_url, api_key, owner_id)
+        runtime = Runtime(config, store, mappings, base_url, owner_id)
         closers: list[Callable[[], Awaitable[None]]] = [client.aclose, store.close]
         try:
             reverse = None
@@ -164,10 +163,7 @@ async def run_serve(config: Config, *, sandbox: bool = False,
                                        on_stored=pool.wake))
             log.info("adapter_started", store=config.store.url.split(":", 1)[0], pid=os.getpid(),
                      mapping_version=mappings.current.version, base_url=base_url,
-                     port=runtime.listening.get("mllp"), listener="mllp")
-            log.info("http_listening", host=config.http.host, port=runtime.listening["http"])
-            if started is not None:
-                await started(runtime)
+                     **{f"{name}_port": port for name, port in runtime.listening.items()})
             await anyio.sleep_forever()
         finally:
             with anyio.CancelScope(shield=True):
