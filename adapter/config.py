@@ -37,46 +37,64 @@ class _Section(BaseModel):
 
 
 class MLLPConfig(_Section):
-    enabled: bool = True
-    host: str = "127.0.0.1"
-    port: int = Field(2575, ge=0, le=65535)
-    max_message_bytes: int = Field(1024 * 1024, ge=1024)
-    idle_timeout_seconds: float = Field(300.0, gt=0)
-    max_connections: int = Field(64, ge=1)
-    tls_cert_file: Path | None = None
-    tls_key_file: Path | None = None
-    tls_client_ca_file: Path | None = None   # set to require and verify client certificates
-    # PID-3 repetition used as the patient id (ordering key, crosswalk): first match wins.
-    patient_id_authorities: list[str] = Field(default_factory=list)   # PID-3.4, e.g. ["HOSP", "MRN"]
-    patient_id_type_codes: list[str] = Field(default_factory=lambda: ["MR"])  # PID-3.5
-    dedup_window_hours: float = Field(24.0 * 7, gt=0)
+    """The HL7 v2 listener (MLLP over TCP, optional TLS)."""
+
+    enabled: bool = Field(True, description="listen for HL7 v2 over MLLP")
+    host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0: every interface)")
+    port: int = Field(2575, ge=0, le=65535, description="TCP port")
+    max_message_bytes: int = Field(1024 * 1024, ge=1024,
+                                   description="larger messages get an AR (or the connection is closed)")
+    idle_timeout_seconds: float = Field(300.0, gt=0, description="close a connection silent this long")
+    max_connections: int = Field(64, ge=1, description="connections beyond this are refused")
+    tls_cert_file: Path | None = Field(None, description="PEM certificate: set with tls_key_file to use TLS")
+    tls_key_file: Path | None = Field(None, description="PEM private key")
+    tls_client_ca_file: Path | None = Field(None, description="require client certificates signed by this CA")
+    patient_id_authorities: list[str] = Field(
+        default_factory=list, description="PID-3.4 assigning authorities that name the patient id, "
+                                          "in order of preference (e.g. [\"HOSP\"])")
+    patient_id_type_codes: list[str] = Field(
+        default_factory=lambda: ["MR"], description="PID-3.5 identifier type codes that name the patient id, "
+                                                    "tried after the authorities")
+    dedup_window_hours: float = Field(24.0 * 7, gt=0,
+                                      description="a resend with the same control id within this window is "
+                                                  "a duplicate")
 
 
 class HTTPConfig(_Section):
-    host: str = "127.0.0.1"
-    port: int = Field(8080, ge=0, le=65535)
+    """The HTTP listener: FHIR subscriptions, OnCall webhooks, /healthz, /readyz, /metrics."""
+
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port")
 
 
 class StoreConfig(_Section):
-    url: str = "sqlite:///var/oncall-adapter.db"
-    synchronous: Literal["FULL", "NORMAL"] = "FULL"   # SQLite durability: FULL survives power loss
-    lease_seconds: float = Field(60.0, gt=0)
-    pg_schema: str = "oncall_adapter"       # PostgreSQL: the schema holding the adapter's tables
-    pool_min_size: int = Field(1, ge=1)     # PostgreSQL connection pool
-    pool_max_size: int = Field(10, ge=1)
-    connect_timeout: float = Field(10.0, gt=0)
+    """Where envelopes, the crosswalk and the audit are kept."""
+
+    url: str = Field("sqlite:///var/oncall-adapter.db",
+                     description="sqlite:///relative.db, sqlite:////absolute.db or postgresql://user@host/db")
+    synchronous: Literal["FULL", "NORMAL"] = Field(
+        "FULL", description="SQLite durability: FULL survives a power cut, NORMAL only a process crash")
+    lease_seconds: float = Field(60.0, gt=0, description="a claim not renewed for this long is taken over")
+    pg_schema: str = Field("oncall_adapter", description="PostgreSQL schema holding the adapter's tables")
+    pool_min_size: int = Field(1, ge=1, description="PostgreSQL connection pool, smallest")
+    pool_max_size: int = Field(10, ge=1, description="PostgreSQL connection pool, largest")
+    connect_timeout: float = Field(10.0, gt=0, description="seconds to wait for PostgreSQL")
 
 
 class OnCallConfig(_Section):
-    region: Literal["ca", "us"] = "ca"
-    base_url: str | None = None            # overrides region, e.g. the sandbox's URL
-    api_key: SecretStr | None = None       # env ONCALL_ADAPTER_ONCALL__API_KEY only
-    api_key_file: Path | None = None
-    auth_scheme: str = "Token"
-    timeout_seconds: float = Field(30.0, gt=0)
-    max_in_flight: int = Field(8, ge=1, le=64)
-    emr_id_field_label: str = "EMR id"
-    emr_id_field_id: str | None = None     # the custom field's id, when known: skips looking it up
+    """The OnCall Health API."""
+
+    region: Literal["ca", "us"] = Field("ca", description="api.oncallhealth.ca or api.oncallhealth.us")
+    base_url: str | None = Field(None, description="overrides region (e.g. a sandbox URL)")
+    api_key: SecretStr | None = Field(None, description="secret: ONCALL_ADAPTER_ONCALL__API_KEY only")
+    api_key_file: Path | None = Field(None, description="a file holding the API key")
+    auth_scheme: str = Field("Token", description="the word before the key in the Authorization header")
+    timeout_seconds: float = Field(30.0, gt=0, description="per request")
+    max_in_flight: int = Field(8, ge=1, le=64, description="concurrent requests per process")
+    emr_id_field_label: str = Field("EMR id", description="label of the contact custom field holding the "
+                                                          "EMR patient id")
+    emr_id_field_id: str | None = Field(None, description="that custom field's id, when known (skips the "
+                                                          "look-up)")
 
     @property
     def effective_base_url(self) -> str:
@@ -86,89 +104,121 @@ class OnCallConfig(_Section):
 
 
 class WorkersConfig(_Section):
-    count: int = Field(4, ge=0, le=256)
-    batch: int = Field(8, ge=1)
-    poll_seconds: float = Field(0.2, gt=0)
+    """The workers applying envelopes (one patient's in order, different patients in parallel)."""
+
+    count: int = Field(4, ge=0, le=256, description="claiming tasks (0: store only, apply nothing)")
+    batch: int = Field(8, ge=1, description="envelopes each task claims at once")
+    poll_seconds: float = Field(0.2, gt=0, description="how often an idle task looks for work")
 
 
 class RetryConfig(_Section):
-    base_seconds: float = Field(2.0, gt=0)
-    cap_seconds: float = Field(900.0, gt=0)
-    max_attempts: int = Field(30, ge=1)
+    """Retries of transient failures (timeouts, 429, 5xx), with exponential backoff and jitter."""
+
+    base_seconds: float = Field(2.0, gt=0, description="first delay")
+    cap_seconds: float = Field(900.0, gt=0, description="longest delay (a Retry-After may be longer)")
+    max_attempts: int = Field(30, ge=1, description="then the envelope goes to the dead letter")
 
 
 class MappingsConfig(_Section):
-    dir: Path | None = None                # user folder: overrides shipped files one by one
-    timezone: str = "UTC"                  # for HL7 DTM values without an offset
+    """The mapping files."""
+
+    dir: Path | None = Field(None, description="your folder: its files replace shipped files of the "
+                                               "same name")
+    timezone: str = Field("UTC", description="time zone of HL7 times without an offset "
+                                             "(e.g. America/Toronto)")
 
 
 class FHIRConfig(_Section):
-    enabled: bool = True
-    version: Literal["R4", "R4B", "R5"] = "R4"   # the EMR's FHIR version (validation models, notifications)
-    base_path: str = "/fhir"
-    auth_header: str = "Authorization"
-    secret: SecretStr | None = None        # env or secret_file
-    secret_file: Path | None = None
-    emr_base_url: str | None = None        # the EMR's FHIR server (id-only / empty notifications)
-    emr_token: SecretStr | None = None
-    emr_token_file: Path | None = None
-    emr_username: str | None = None
-    emr_password: SecretStr | None = None
-    emr_password_file: Path | None = None
-    criteria: list[str] = Field(default_factory=lambda: ["Patient", "Appointment"])
-    patient_identifier_system: str | None = None   # the MRN system: shares ordering keys with HL7 v2
+    """The FHIR subscription endpoint, and the EMR's FHIR server it reads from."""
+
+    enabled: bool = Field(True, description="serve the subscription routes")
+    version: Literal["R4", "R4B", "R5"] = Field("R4", description="the EMR's FHIR version")
+    base_path: str = Field("/fhir", description="path of the subscription routes")
+    auth_header: str = Field("Authorization", description="header the Subscription's channel sends")
+    secret: SecretStr | None = Field(None, description="secret: that header's exact value "
+                                                       "(ONCALL_ADAPTER_FHIR__SECRET)")
+    secret_file: Path | None = Field(None, description="a file holding it")
+    emr_base_url: str | None = Field(None, description="the EMR's FHIR base (id-only and empty "
+                                                       "notifications, catch-up)")
+    emr_token: SecretStr | None = Field(None, description="secret: bearer token for the EMR's FHIR server")
+    emr_token_file: Path | None = Field(None, description="a file holding it")
+    emr_username: str | None = Field(None, description="basic auth user for the EMR's FHIR server")
+    emr_password: SecretStr | None = Field(None, description="secret: basic auth password")
+    emr_password_file: Path | None = Field(None, description="a file holding it")
+    criteria: list[str] = Field(default_factory=lambda: ["Patient", "Appointment"],
+                                description="resource types read on catch-up")
+    patient_identifier_system: str | None = Field(
+        None, description="the MRN identifier system: FHIR and HL7 v2 of one patient share an order")
 
 
 class WebhooksConfig(_Section):
-    enabled: bool = True
-    path: str = "/oncall/webhooks"
-    secret_header: str = "X-OnCall-Webhook-Secret"
-    secret: SecretStr | None = None
-    secret_file: Path | None = None
+    """OnCall webhooks (appointment_created, appointment_updated)."""
+
+    enabled: bool = Field(True, description="serve the webhook route (only with a secret)")
+    path: str = Field("/oncall/webhooks", description="route; the secret may also be its last segment")
+    secret_header: str = Field("X-OnCall-Webhook-Secret", description="header carrying the secret")
+    secret: SecretStr | None = Field(None, description="secret: ONCALL_ADAPTER_WEBHOOKS__SECRET")
+    secret_file: Path | None = Field(None, description="a file holding it")
 
 
 class EMRConfig(_Section):
     """Where the reverse path (OnCall -> EMR) delivers."""
 
-    target: Literal["none", "fhir", "outbox", "mllp"] = "none"
-    fhir_base_url: str | None = None
-    outbox_dir: Path = Path("var/outbox")
-    mllp_host: str = "127.0.0.1"
-    mllp_port: int = Field(2576, ge=1, le=65535)
+    target: Literal["none", "fhir", "outbox", "mllp"] = Field(
+        "none", description="none, fhir (POST transaction Bundles), outbox (files) or mllp (HL7 v2)")
+    fhir_base_url: str | None = Field(None, description="FHIR target (default: fhir.emr_base_url)")
+    outbox_dir: Path = Field(Path("var/outbox"), description="outbox target folder")
+    mllp_host: str = Field("127.0.0.1", description="MLLP target host")
+    mllp_port: int = Field(2576, ge=1, le=65535, description="MLLP target port")
 
 
 class ScrapeConfig(_Section):
-    contacts_interval_seconds: float = Field(0, ge=0)   # 0: off; e.g. 900 for every 15 minutes
+    """The scrape of OnCall roster contacts (OnCall has no contact webhooks)."""
+
+    contacts_interval_seconds: float = Field(0, ge=0, description="0: off; e.g. 900 for every 15 minutes")
 
 
 class RetentionConfig(_Section):
-    completed_days: float = Field(30.0, gt=0)
+    """What the store keeps."""
+
+    completed_days: float = Field(30.0, gt=0, description="payloads of applied envelopes are purged after "
+                                                          "this (audit and crosswalk are kept)")
 
 
 class ReconcileConfig(_Section):
     """`oncall-adapter reconcile`: the appointment window, and how to read an EMR export file."""
 
-    window_past_days: float = Field(7.0, ge=0)
-    window_future_days: float = Field(90.0, ge=0)
-    concurrency: int = Field(4, ge=1, le=32)
-    emr_export: Path | None = None        # a FHIR Bundle (.json), NDJSON or CSV export of the EMR's patients
-    csv_columns: str | None = None        # field=Column,... (fields: id, first_name, last_name, email, ...)
-    csv_date_format: str | None = None    # strptime format of CSV birth dates (default YYYY-MM-DD)
-    csv_delimiter: str = Field(",", min_length=1, max_length=1)
+    window_past_days: float = Field(7.0, ge=0, description="appointments starting this far back")
+    window_future_days: float = Field(90.0, ge=0, description="and this far ahead")
+    concurrency: int = Field(4, ge=1, le=32, description="OnCall requests in flight while collecting")
+    emr_export: Path | None = Field(None, description="the EMR's patients as a FHIR Bundle (.json), NDJSON "
+                                                      "or CSV, instead of searching its FHIR server")
+    csv_columns: str | None = Field(None, description="field=Column,... (id, first_name, last_name, email, "
+                                                      "phone, sex, date_of_birth)")
+    csv_date_format: str | None = Field(None, description="strptime format of CSV birth dates "
+                                                          "(default YYYY-MM-DD)")
+    csv_delimiter: str = Field(",", min_length=1, max_length=1, description="CSV delimiter")
 
 
 class LoggingConfig(_Section):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    format: Literal["auto", "json", "console"] = "auto"
-    log_phi: bool = False   # writes patient data (PHI) to the logs: only for a supervised debugging session
+    """Logs (stderr). Patient data never reaches them unless log_phi is on."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO",
+                                                                description="least severe level shown")
+    format: Literal["auto", "json", "console"] = Field("auto", description="auto: console on a terminal, "
+                                                                           "else JSON")
+    log_phi: bool = Field(False, description="WRITES PATIENT DATA (PHI) TO THE LOGS: supervised debugging "
+                                             "only")
 
 
 class SandboxConfig(_Section):
-    host: str = "127.0.0.1"
-    port: int = Field(8900, ge=0, le=65535)
-    db: str = ":memory:"
-    page_size: int = Field(20, ge=1)
-    token: str = SANDBOX_TOKEN
+    """The local OnCall sandbox (`serve --sandbox`, `sandbox`)."""
+
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8900, ge=0, le=65535, description="TCP port")
+    db: str = Field(":memory:", description="SQLite file for its state (:memory: forgets on exit)")
+    page_size: int = Field(20, ge=1, description="list page size")
+    token: str = Field(SANDBOX_TOKEN, description="its provider API key")
 
 
 class Config(_Section):
@@ -281,13 +331,19 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
 def render_config(config: Config) -> str:
     """The effective configuration as TOML, secrets masked."""
     lines: list[str] = []
-    for section in Config.model_fields:
+    for section, section_field in Config.model_fields.items():
+        model = section_field.annotation
+        assert isinstance(model, type) and issubclass(model, BaseModel)
+        lines.append(f"# {(model.__doc__ or '').strip().splitlines()[0]}")
         lines.append(f"[{section}]")
         for key, value in getattr(config, section).model_dump(mode="python").items():
+            description = model.model_fields[key].description
+            if description:
+                lines.append(f"# {description}")
             if isinstance(value, SecretStr):
                 shown = '"********"'
             elif value is None:
-                lines.append(f"# {key} is not set")
+                lines.append(f"# {key} = (not set)")
                 continue
             elif isinstance(value, bool):
                 shown = "true" if value else "false"

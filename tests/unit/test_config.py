@@ -99,3 +99,21 @@ def test_cli_config_show_prints_effective_configuration(tmp_path: Path, capsys: 
     assert main(["config", "show"]) == 0
     out = capsys.readouterr().out
     assert "[http]" in out and "port = 9191" in out and "[store]" in out
+
+
+def test_configuration_reference_is_up_to_date() -> None:
+    """docs/configuration.md is what `config reference` generates from the schema: regenerate it
+    with `oncall-adapter config reference --write docs/configuration.md` after changing a setting."""
+    from adapter.cli.config_cmd import reference_text
+    doc = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+    assert doc.read_text(encoding="utf-8") == reference_text()
+
+
+def test_every_setting_is_described() -> None:
+    """Each setting carries a description, so the reference says what it does."""
+    from adapter.config import Config
+    for name, section in Config.model_fields.items():
+        model = section.annotation
+        assert isinstance(model, type) and model.__doc__, name
+        for key, field in model.model_fields.items():
+            assert field.description, f"{name}.{key}"
