@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
+from pathlib import Path
 
 import pytest
 
 from adapter.cli import COMMANDS, build_parser, main
+from adapter.cli.reference import cli_reference, walk_commands
 
 
-def _walk(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    found = [prefix]
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                found += _walk(sub, (*prefix, name))
-    return found
+PATHS = [path for path, _ in walk_commands(build_parser())]
 
 
 def test_every_command_module_registers() -> None:
@@ -23,13 +18,19 @@ def test_every_command_module_registers() -> None:
     import importlib
     for name in COMMANDS:
         importlib.import_module(name)
-    assert len(_walk(build_parser())) > len(COMMANDS)
+    assert len(PATHS) > len(COMMANDS)
 
 
-@pytest.mark.parametrize("path", _walk(build_parser()), ids=lambda p: " ".join(p) or "root")
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: " ".join(p) or "root")
 def test_help(path: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
     """`oncall-adapter ... --help` exits 0 and prints a usage line."""
     with pytest.raises(SystemExit) as info:
         main([*path, "--help"])
     assert info.value.code == 0
     assert "usage: oncall-adapter" in capsys.readouterr().out
+
+
+def test_cli_reference_is_up_to_date() -> None:
+    """docs/cli.md is the parser's own help (`python -m adapter.cli.reference > docs/cli.md`)."""
+    doc = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
+    assert doc.read_text(encoding="utf-8") == cli_reference()
