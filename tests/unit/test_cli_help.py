@@ -9,7 +9,6 @@ import pytest
 from adapter.cli import COMMANDS, build_parser, main
 from adapter.cli.reference import cli_reference, walk_commands
 
-
 PATHS = [path for path, _ in walk_commands(build_parser())]
 
 
