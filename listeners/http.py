@@ -33,8 +33,9 @@ async def _input_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
+    # The first path segment only: later ones can carry ids or a webhook secret.
     log.error("http_unhandled_error", error_type=type(exc).__name__, method=request.method,
-              url_path=request.url.path)
+              url_path="/" + request.url.path.lstrip("/").split("/", 1)[0])
     return JSONResponse({"error": "internal error", "message": "see the adapter's log"}, status_code=500)
 
 
