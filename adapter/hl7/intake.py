@@ -36,7 +36,7 @@ class PatientIdPolicy:
     """Which PID-3 repetition is the patient id: first match of authorities, then type codes."""
 
     authorities: Sequence[str] = ()            # PID-3.4 namespace (or universal id), e.g. ("HOSP",)
-    type_codes: Sequence[str] = ("MR",)        # PID-3.5, e.g. ("MR", "PI")
+    type_codes: Sequence[str] = ("MR", "MRN")  # PID-3.5 (MRN: seen from UK/SG EMRs), e.g. ("MR", "PI")
 
 
 @dataclass(frozen=True, slots=True)

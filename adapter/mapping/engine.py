@@ -113,9 +113,13 @@ def _validation_error(route: str, op: CompiledOperation, exc: ValidationError) -
     err = exc.errors()[0]
     loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
     target = ".".join(str(p) for p in loc) or None
+    msg = "required value is empty" if err["type"] == "missing" else err["msg"].removeprefix("Value error, ")
+    if not loc and msg.split(" ", 1)[0] in op.fields:
+        # a whole-operation check ("datetime is required unless ...") names its field first
+        loc = [msg.split(" ", 1)[0]]
+        target = loc[0]
     node = op.fields.get(str(loc[0])) if loc else None
     source = node.source if node is not None else None
-    msg = "required value is empty" if err["type"] == "missing" else err["msg"].removeprefix("Value error, ")
     # the pydantic message never echoes the input value here: values may be PHI
     return MappingError(f"{op.kind}: {msg}", route=route, target=target, source=source,
                         hint="fix the message at its source, or the route's expression for this field")

@@ -1,5 +1,5 @@
 """The closed set of pipes: `PATH | date`, `| datetime`, `| lower`, `| upper`, `| title`,
-`| digits`, `| trim`, `| map(TABLE)`, `| default(VALUE)`, `| join(SEP)`.
+`| digits`, `| trim`, `| email`, `| minutes`, `| map(TABLE)`, `| default(VALUE)`, `| join(SEP)`.
 
 Pipes apply to each item of a list, except `join` (list -> text) and `default` (empty -> value).
 A value a pipe cannot read raises `PipeError` without echoing the value (it may be PHI); the engine
@@ -93,6 +93,31 @@ def _title(value: str, ctx: PipeContext) -> str:
     return value
 
 
+# one address: something@domain.tld, no spaces (HL7 senders put e-mails in XTN-1 with many use codes)
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def _email(value: str, ctx: PipeContext) -> str:
+    text = value.strip()
+    return text if _EMAIL.match(text) else ""
+
+
+# TQ-3 duration (HL7 v2.5 4.4.3): S<n>, M<n>, H<n>, D<n>, W<n>, or INDEF; a bare number is minutes
+_TQ_DURATION = re.compile(r"^(?P<unit>[SMHDW])?\s*(?P<n>\d+(?:\.\d+)?)$", re.I)
+_MINUTES_PER = {"S": 1 / 60, "M": 1, "H": 60, "D": 1440, "W": 10080}
+
+
+def _minutes(value: str, ctx: PipeContext) -> str:
+    text = value.strip()
+    if text.upper() == "INDEF":
+        return ""
+    m = _TQ_DURATION.match(text)
+    if not m:
+        raise PipeError("is not a duration (minutes, or TQ-3 style M30, H1, D1)")
+    minutes = float(m["n"]) * _MINUTES_PER[(m["unit"] or "M").upper()]
+    return str(max(1, round(minutes)))
+
+
 _ELEMENTWISE: dict[str, Callable[[str, PipeContext], str]] = {
     "date": _date,
     "datetime": _datetime,
@@ -101,6 +126,8 @@ _ELEMENTWISE: dict[str, Callable[[str, PipeContext], str]] = {
     "title": _title,
     "digits": lambda v, c: "".join(ch for ch in v if ch.isdigit()),
     "trim": lambda v, c: v.strip(),
+    "email": _email,
+    "minutes": _minutes,
 }
 
 # name -> (argument: None = none allowed, "required", "optional"; help)
@@ -112,6 +139,8 @@ PIPES: dict[str, tuple[str | None, str]] = {
     "title": (None, "Title Case for ALL-CAPS or all-lower text (mixed case is kept as typed)"),
     "digits": (None, "only the digits (phone numbers)"),
     "trim": (None, "strip surrounding spaces"),
+    "email": (None, "the value when it looks like one e-mail address (name@domain.tld), else empty"),
+    "minutes": (None, "a duration in minutes: a number, or TQ-3 style `M30`, `H1`, `D1` (`INDEF` is empty)"),
     "map": ("required", "look the code up in a table (`map(sex)`); an unknown code gives the table's "
                         "`*` entry, or empty"),
     "default": ("required", "the argument when the value is empty (`default(Unknown)`)"),
