@@ -101,7 +101,8 @@ class Store(Protocol):
         """A DEAD (or QUARANTINED) envelope back to QUEUED with attempts reset."""
 
     async def drop(self, envelope_id: int, reason: str) -> bool:
-        """An operator gives up on an envelope: DROPPED, its key unblocked."""
+        """An operator gives up on an envelope: DROPPED, its key unblocked. Refused (False) for a
+        claim whose lease is live: a worker is applying it, and its key must stay blocked until then."""
 
     # -- crosswalk --------------------------------------------------------------------------
     async def xref_get(self, namespace: str, source_id: str) -> Xref | None: ...

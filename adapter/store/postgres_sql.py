@@ -187,11 +187,14 @@ REQUEUE = _audited("""
 UPDATE envelopes SET state = 'queued', attempts = 0, not_before = NULL, reason = NULL, updated_at = %(now)s
 WHERE id = %(id)s AND state IN ('dead', 'quarantined')""")
 
-# An operator may drop anything still waiting or held (a worker holding it then loses its lease).
+# An operator may drop anything waiting, dead or quarantined, and a claim whose lease has lapsed
+# (its worker died). A live claim is being applied right now: dropping it would let the key's next
+# envelope be claimed while this one is still being sent, so that drop is refused.
 DROP = _audited("""
 UPDATE envelopes SET state = 'dropped', head = NULL, lease_owner = NULL, lease_until = NULL,
     not_before = NULL, reason = %(reason)s, updated_at = %(now)s
-WHERE id = %(id)s AND state IN ('queued', 'claimed', 'dead', 'quarantined')""")
+WHERE id = %(id)s AND (state IN ('queued', 'dead', 'quarantined')
+                       OR (state = 'claimed' AND lease_until < %(now)s))""")
 
 INSERT_AUDIT = ("INSERT INTO audit (envelope_id, at, event, detail) "
                 "VALUES (%(id)s, %(now)s, %(event)s, %(detail)s)")

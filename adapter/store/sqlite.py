@@ -176,7 +176,8 @@ class SQLiteStore:
                        detail: dict[str, Any] | None = None) -> bool:
         return await self._transition(
             envelope_id, from_states=_HELD, owner=owner, event="completed",
-            sets={"state": State.DONE.value, "mapping_version": mapping_version, "not_before": None},
+            sets={"state": State.DONE.value, "mapping_version": mapping_version, "not_before": None,
+                  "reason": None},
             detail={"owner": owner, "mapping_version": mapping_version, **(detail or {})})
 
     async def retry_at(self, envelope_id: int, owner: str, at: datetime, reason: str) -> bool:
@@ -195,7 +196,8 @@ class SQLiteStore:
 
     async def dead_letter(self, envelope_id: int, owner: str, reason: str) -> bool:
         done = await self._transition(envelope_id, from_states=_HELD, owner=owner, event="dead_lettered",
-                                      sets={"state": State.DEAD.value, "reason": reason},
+                                      sets={"state": State.DEAD.value, "reason": reason,
+                                            "not_before": None},
                                       detail={"owner": owner, "reason": reason})
         if done:
             log.warning("dead_lettered", envelope_id=envelope_id)
@@ -212,10 +214,21 @@ class SQLiteStore:
             detail={"reason": reason})
 
     async def drop(self, envelope_id: int, reason: str) -> bool:
-        return await self._transition(
-            envelope_id, from_states=(State.QUEUED, State.CLAIMED, State.DEAD, State.QUARANTINED),
-            owner=None, event="dropped", sets={"state": State.DROPPED.value, "reason": reason},
-            detail={"reason": reason})
+        # A claim whose lease is live is being applied right now: dropping it would unblock the
+        # key's next envelope while this one is still being sent (two of one key in flight). Such
+        # a drop is refused; once the worker finishes (or its lease lapses) the drop goes through.
+        def op(c: sqlite3.Connection) -> bool:
+            now = utcnow()
+            row = c.execute("SELECT state, lease_until FROM envelopes WHERE id = ?",
+                            (envelope_id,)).fetchone()
+            if row is not None and row[0] == State.CLAIMED.value and row[1] >= q.to_ts(now):
+                return False
+            return ops.transition(
+                c, envelope_id, now, from_states=(State.QUEUED, State.CLAIMED, State.DEAD, State.QUARANTINED),
+                owner=None, event="dropped",
+                sets={"state": State.DROPPED.value, "reason": reason, "not_before": None},
+                detail={"reason": reason})
+        return await self._write(op)
 
     # -- crosswalk ------------------------------------------------------------------------------
     async def xref_get(self, namespace: str, source_id: str) -> Xref | None:

@@ -133,14 +133,16 @@ class Executor:
             moved += 1
         for entry in await self.store.xref_list(xref.PATIENT_APPOINTMENT, prefix=f"{merged}|"):
             _pid, appt_id = xref.split_pair(entry.source_id)
-            new_key = xref.patient_appointment_key(survivor, appt_id)
-            await self.store.xref_put(xref.PATIENT_APPOINTMENT, new_key, entry.target, entry.detail)
-            await self.store.xref_delete(xref.PATIENT_APPOINTMENT, entry.source_id)
+            # The participant moves first and the reverse-index entry is deleted last: that entry is
+            # what a re-run (after a crash or a store error in between) finds the work by.
             part = await self.store.xref_get(xref.PARTICIPANT, xref.participant_key(appt_id, merged))
             if part is not None:
                 await self.store.xref_put(xref.PARTICIPANT, xref.participant_key(appt_id, survivor),
                                           part.target, part.detail)
                 await self.store.xref_delete(xref.PARTICIPANT, part.source_id)
+            new_key = xref.patient_appointment_key(survivor, appt_id)
+            await self.store.xref_put(xref.PATIENT_APPOINTMENT, new_key, entry.target, entry.detail)
+            await self.store.xref_delete(xref.PATIENT_APPOINTMENT, entry.source_id)
             moved += 1
         contact_id = object_id(old.target) if old is not None else None
         action = "merged" if moved else "nothing_to_merge"

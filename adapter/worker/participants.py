@@ -67,6 +67,21 @@ class ParticipantSync:
             await self._record(appt_id, str(participant.emr_patient_id), match.url, appointment.url, values,
                                start=_start(appointment))
 
+    async def forget_other(self, appt_id: str, appointment_url: str) -> int:
+        """Delete the participant entries of `appt_id` that belong to another OnCall appointment than
+        `appointment_url` (and their reverse-index entries); returns how many."""
+        forgotten = 0
+        for entry in await self.store.xref_list(xref.PARTICIPANT, prefix=f"{appt_id}|"):
+            _appt, pid = xref.split_pair(entry.source_id)
+            reverse_key = xref.patient_appointment_key(pid, appt_id)
+            reverse = await self.store.xref_get(xref.PATIENT_APPOINTMENT, reverse_key)
+            if reverse is not None and reverse.target == appointment_url:
+                continue
+            await self.store.xref_delete(xref.PATIENT_APPOINTMENT, reverse_key)
+            await self.store.xref_delete(xref.PARTICIPANT, entry.source_id)
+            forgotten += 1
+        return forgotten
+
     async def sync(self, appt_id: str, appointment_url: str, participants: list[Any]) -> int:
         """Patch the changed fields of known participants, add new ones; returns how many were touched."""
         touched = 0

@@ -14,6 +14,7 @@ that way leaves its intent row, so the next attempt searches before creating aga
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import socket
@@ -63,6 +64,7 @@ def default_owner_id() -> str:
 class _Held:
     envelope: Envelope
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    confirmed: float = field(default_factory=time.monotonic)   # when the lease was last known held
     lost: bool = False
     finished: bool = False      # completed, retried or dead-lettered: nothing to give back
 
@@ -93,6 +95,7 @@ class WorkerPool:
         self._wake = anyio.Event()
         self._stopping = False
         self._held: dict[int, _Held] = {}
+        self._claims = itertools.count(1)
 
     # -- control ------------------------------------------------------------------------------
     def wake(self) -> None:
@@ -140,9 +143,18 @@ class WorkerPool:
                 continue
             await self._run_batch(claimed)
 
+    def _owner(self, envelope: Envelope) -> str:
+        """The lease owner of this claim (its token), or the pool's id for an envelope claimed by
+        hand with it."""
+        return envelope.lease_owner or self.owner_id
+
     async def _claim(self) -> list[Envelope]:
+        # Each claim gets its own owner token: the store can then tell two claims of this very pool
+        # apart, so a worker whose lease lapsed and was re-claimed by a sibling worker cannot extend,
+        # complete or release the sibling's claim (one owner per process could).
+        owner = f"{self.owner_id}/{next(self._claims)}"
         try:
-            claimed = await self.store.claim(self.owner_id, limit=self.batch, lease=self.lease)
+            claimed = await self.store.claim(owner, limit=self.batch, lease=self.lease)
         except Exception as exc:   # StoreError: the store is down; keep polling, readiness reports it
             logger.warning("claim_failed", error_type=type(exc).__name__, owner=self.owner_id)
             await anyio.sleep(max(self.poll_seconds, 1.0))   # backoff while the store is unreachable
@@ -171,7 +183,7 @@ class WorkerPool:
                 for item in held:
                     self._held.pop(item.envelope.id, None)
                     if not item.finished and not item.lost:
-                        await self._release(item.envelope.id)
+                        await self._release(item.envelope)
 
     async def _keep_leases(self, held: list[_Held], scope: anyio.CancelScope) -> None:
         with scope:
@@ -179,14 +191,25 @@ class WorkerPool:
             while True:
                 await anyio.sleep(interval)   # a timer, not synchronisation: leases are renewed periodically
                 for item in held:
-                    if item.envelope.id not in self._held or item.lost:
+                    if item.envelope.id not in self._held or item.lost or item.finished:
                         continue
+                    asked = time.monotonic()
                     try:
-                        kept = await self.store.extend_lease(item.envelope.id, self.owner_id, self.lease)
+                        kept = await self.store.extend_lease(item.envelope.id, self._owner(item.envelope),
+                                                             self.lease)
                     except Exception as exc:
                         logger.warning("lease_extend_failed", envelope_id=item.envelope.id,
                                        error_type=type(exc).__name__)
+                        # Unconfirmed until the next try would be past the lease: another process
+                        # may take the envelope over then, so stop applying it now.
+                        if time.monotonic() + interval >= item.confirmed + self.lease.total_seconds():
+                            item.lost = True
+                            item.scope.cancel()
+                            logger.warning("lease_unconfirmed", envelope_id=item.envelope.id,
+                                           owner=self._owner(item.envelope))
                         continue
+                    if kept:
+                        item.confirmed = asked
                     if not kept:
                         item.lost = True
                         item.scope.cancel()
@@ -214,7 +237,7 @@ class WorkerPool:
             return
         elapsed = time.perf_counter() - started
         done = await self._store_call(self.store.complete(
-            envelope.id, self.owner_id, mapping_version=mapping_version,
+            envelope.id, self._owner(envelope), mapping_version=mapping_version,
             detail={**detail, "ms": round(elapsed * 1000, 1)}))
         if done:
             metrics.COMPLETED.labels(source=source, kind=envelope.kind).inc()
@@ -222,7 +245,7 @@ class WorkerPool:
             logger.info("envelope_completed", envelope_id=envelope.id, kind=envelope.kind,
                         mapping_version=mapping_version, elapsed_ms=round(elapsed * 1000, 1))
         elif done is False:
-            logger.warning("lease_lost", envelope_id=envelope.id, owner=self.owner_id)
+            logger.warning("lease_lost", envelope_id=envelope.id, owner=self._owner(envelope))
 
     async def _forward(self, envelope: Envelope) -> tuple[str | None, dict[str, Any]]:
         """EMR -> OnCall: map, then apply the operations in order."""
@@ -259,13 +282,14 @@ class WorkerPool:
         if isinstance(exc, OperationFailed):
             fields.update(op=exc.index, op_kind=exc.op_kind)
         if isinstance(decision, RetryAt):
-            if await self._store_call(self.store.retry_at(envelope.id, self.owner_id, decision.at, reason)):
+            retried = self.store.retry_at(envelope.id, self._owner(envelope), decision.at, reason)
+            if await self._store_call(retried):
                 metrics.RETRIED.labels(source=source, kind=envelope.kind).inc()
                 logger.info("retry_scheduled", retry_in=round(decision.delay, 3), **fields)
         elif isinstance(decision, DeadLetter):
             if isinstance(exc, OperationFailed) and decision.reason not in reason:
                 reason = f"{reason}; {decision.reason}"
-            if await self._store_call(self.store.dead_letter(envelope.id, self.owner_id, reason)):
+            if await self._store_call(self.store.dead_letter(envelope.id, self._owner(envelope), reason)):
                 metrics.DEAD_LETTERED.labels(source=source, kind=envelope.kind).inc()
                 logger.warning("dead_lettered", **fields)
         elif isinstance(decision, LeaveClaim):
@@ -282,16 +306,17 @@ class WorkerPool:
             return None
 
     async def _release_all(self) -> None:
-        for envelope_id in list(self._held):
-            await self._release(envelope_id)
+        for item in list(self._held.values()):
+            if not item.finished and not item.lost:
+                await self._release(item.envelope)
         self._held.clear()
 
-    async def _release(self, envelope_id: int) -> None:
+    async def _release(self, envelope: Envelope) -> None:
         try:
-            if await self.store.release(envelope_id, self.owner_id):
-                logger.info("claim_released", envelope_id=envelope_id, owner=self.owner_id)
+            if await self.store.release(envelope.id, self._owner(envelope)):
+                logger.info("claim_released", envelope_id=envelope.id, owner=self._owner(envelope))
         except Exception as exc:
-            logger.warning("release_failed", envelope_id=envelope_id, error_type=type(exc).__name__)
+            logger.warning("release_failed", envelope_id=envelope.id, error_type=type(exc).__name__)
 
     # -- retention ----------------------------------------------------------------------------
     async def _pruner(self) -> None:

@@ -185,6 +185,12 @@ class ContactUpserts:
         await self.store.xref_put(xref.PATIENT, pid, url, detail)
 
 
+class _NoParticipants:
+    """A cancel names no participants: `find` then looks through every appointment."""
+
+    participants: tuple[Any, ...] = ()
+
+
 class AppointmentUpserts:
     def __init__(self, store: Store, client: Any, participants: ParticipantSync) -> None:
         self.store = store
@@ -256,6 +262,9 @@ class AppointmentUpserts:
 
     async def _record_created(self, appt_id: str, appointment: Appointment, values: dict[str, Any],
                               op: Any) -> None:
+        # A re-created appointment (un-cancel) has new participants: entries left from the old one
+        # would send later participant updates to the cancelled appointment. Forget them first.
+        await self.participants.forget_other(appt_id, appointment.url)
         await self.participants.record_created(appt_id, appointment, op.participants)
         await self._record(appt_id, appointment.url, values, op)
 
@@ -267,6 +276,20 @@ class AppointmentUpserts:
     async def cancel(self, op: Any) -> Applied:
         appt_id = str(op.emr_appointment_id)
         known = await self.store.xref_get(xref.APPOINTMENT, appt_id)
+        intent_key = xref.pending_key("appointment", appt_id)
+        if (known is None or known.detail.get("cancelled")) \
+                and await self.store.xref_get(xref.PENDING, intent_key) is not None:
+            # A create whose outcome is unknown (its envelope dropped, or given up on) may have made
+            # the appointment: find it by its EMR id and cancel that, else it stays live in OnCall.
+            found = await self.find(appt_id, _NoParticipants(),
+                                    exclude=known.target if known is not None else None)
+            if found is not None:
+                await self.client.cancel_appointment(found.url)
+                await self.store.xref_put(xref.APPOINTMENT, appt_id, found.url, {
+                    "cancelled": True, "start": found.datetime.isoformat() if found.datetime else None})
+                await self.store.xref_delete(xref.PENDING, intent_key)
+                return Applied("appointment_cancel", "cancelled_after_unknown_outcome", "appointments",
+                               found.id)
         if known is None:
             return Applied("appointment_cancel", "nothing_to_cancel")
         if known.detail.get("cancelled"):

@@ -313,7 +313,7 @@ async def test_claims_follow_the_head_model(ops: list[tuple[str, int]]) -> None:
                         model[id_]["state"] = "claimed"
                 else:
                     wanted = {"requeue": ("dead", "quarantined"), "conflict": ("queued", "done"),
-                              "drop": ("queued", "claimed", "dead")}.get(op, ("claimed",))
+                              "drop": ("queued", "dead")}.get(op, ("claimed",))
                     candidates = sorted(i for i, e in model.items() if e["state"] in wanted)
                     if not candidates:
                         continue
