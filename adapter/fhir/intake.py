@@ -133,12 +133,14 @@ class FHIRIntake:
         return note, result
 
     async def _read_each(self, note: Notification, extra: dict[str, str]) -> list[NewEnvelope]:
-        """Id-only content: read each referenced resource of an accepted type from the EMR server."""
+        """Id-only content: read each referenced resource of an accepted type from the EMR server.
+        References to other types (an Encounter focus, say) need no read, hence no EMR server."""
+        wanted = [(rtype, rid) for rtype, rid in note.references if rtype in self.types]
+        if not wanted:
+            return []
         emr = self.require_emr("id-only notifications")
         news: list[NewEnvelope] = []
-        for rtype, rid in note.references:
-            if rtype not in self.types:
-                continue
+        for rtype, rid in wanted:
             try:
                 data = await emr.read(rtype, rid)
             except PermanentError as exc:

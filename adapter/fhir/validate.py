@@ -167,8 +167,7 @@ def validate_resource(data: dict[str, Any], *, version: FHIRVersion = "R4",
     except pydantic.ValidationError as exc:
         issues = [Issue(loc_to_expression(root, err["loc"]), _message(err), _issue_code(err["type"]))
                   for err in exc.errors(include_url=False)]
-        raise FHIRValidationError(issues, status=400,
-                                  hint=f"the resource does not conform to FHIR {version}") from None
+        raise FHIRValidationError(issues, status=400, hint=_structure_hint(version, resource_type, data)) from None
     code_issues = check_codes(data, root=root, version=version) + check_invariants(data, root=root)
     if code_issues:
         codes_only = all(i.code == "code-invalid" for i in code_issues)
@@ -230,10 +229,38 @@ def _walk(node: Any, parts: list[str], where: str) -> Iterator[tuple[str, Any]]:
         yield from _walk(value, rest, f"{where}.{name}")
 
 
+def _structure_hint(version: FHIRVersion, resource_type: str, data: dict[str, Any]) -> str:
+    """What to do about a structure error. R5 resources sent to an R4 endpoint are common (an R5
+    Appointment's ``participant.required`` is a boolean, its ``class`` a list): say so when the
+    resource is valid R5, so the fix (declare the version) is not mistaken for a data error."""
+    if version != "R5":
+        try:
+            _model("R5", resource_type).model_validate(data)
+        except (pydantic.ValidationError, FHIRInputError):
+            pass
+        else:
+            return (f"the resource does not conform to FHIR {version} but is valid FHIR R5: send it with "
+                    "Content-Type application/fhir+json; fhirVersion=5.0, or set fhir.version = \"R5\"")
+    return f"the resource does not conform to FHIR {version}"
+
+
+# fhir.resources' messages for FHIR primitive formats, which say neither the format nor an example.
+_FORMAT_MESSAGES = {
+    "Instant value string does not match spec regex.":
+        "not a FHIR instant: give date, time and time zone, e.g. 2024-05-01T09:30:00Z or "
+        "2024-05-01T09:30:00-05:00",
+    "DateTime value string does not match spec regex.":
+        "not a FHIR dateTime: YYYY, YYYY-MM, YYYY-MM-DD, or date and time with a time zone "
+        "(2024-05-01T09:30:00Z)",
+    "Date value string does not match spec regex.":
+        "not a FHIR date: YYYY, YYYY-MM or YYYY-MM-DD, without a time",
+}
+
+
 def _message(err: Any) -> str:
     # pydantic's messages can quote the input (PHI): keep the message, never the input value.
-    msg = str(err.get("msg", "invalid value")).split("\n")[0].strip()
-    return msg.removeprefix("Value error, ")
+    msg = str(err.get("msg", "invalid value")).split("\n")[0].strip().removeprefix("Value error, ")
+    return _FORMAT_MESSAGES.get(msg, msg)
 
 
 def _issue_code(error_type: str) -> str:
