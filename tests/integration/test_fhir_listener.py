@@ -312,3 +312,37 @@ async def test_one_version_by_rest_hook_and_in_a_bundle_is_a_duplicate(store: St
     assert [e.state for e in stored] == [State.QUEUED]
     [audit] = [await store.history(e.id) for e in stored]
     assert "duplicate" in [a.event for a in audit]
+
+
+async def test_id_only_notification_about_other_types_needs_no_emr(store: Store) -> None:
+    """An id-only R4 backport notification whose focus is an Encounter (the Backport IG's example):
+    nothing the adapter takes is referenced, so no EMR read is needed: 200, nothing stored (it used
+    to answer 501 and the sender retried it forever)."""
+    bundle = {"resourceType": "Bundle", "type": "history", "entry": [
+        {"fullUrl": "urn:uuid:7", "resource": {"resourceType": "Parameters", "parameter": [
+            {"name": "subscription", "valueReference": {"reference": "Subscription/enc"}},
+            {"name": "status", "valueCode": "active"}, {"name": "type", "valueCode": "event-notification"},
+            {"name": "events-since-subscription-start", "valueString": "1"},
+            {"name": "notification-event", "part": [
+                {"name": "event-number", "valueString": "1"},
+                {"name": "focus", "valueReference": {"reference": "https://emr.example.org/fhir/Encounter/e-1"}}]}]}}]}
+    async with endpoint(store, emr=None) as client:
+        response = await client.post("/fhir", json=bundle, headers=FHIR_JSON)
+    assert response.status_code == 200, response.text
+    assert await envelopes(store) == []
+
+
+async def test_r5_appointment_at_r4_endpoint_refused_with_version_hint(store: Store) -> None:
+    """An R5 Appointment PUT without declaring its version: 400 whose diagnostics say it is valid R5
+    and to send fhirVersion=5.0 (the path names participant[0].required)."""
+    resource = {"resourceType": "Appointment", "id": "a5", "status": "booked",
+                "start": "2030-01-02T10:00:00Z", "end": "2030-01-02T10:15:00Z",
+                "participant": [{"actor": {"reference": "Patient/p"}, "required": True, "status": "accepted"}]}
+    async with endpoint(store) as client:
+        response = await client.put("/fhir/Appointment/a5", json=resource, headers=FHIR_JSON)
+        assert response.status_code == 400
+        issue = response.json()["issue"][0]
+        assert issue["expression"] == ["Appointment.participant[0].required"]
+        assert "fhirVersion=5.0" in issue["diagnostics"]
+        declared = {"Content-Type": "application/fhir+json; fhirVersion=5.0"}
+        assert (await client.put("/fhir/Appointment/a5", json=resource, headers=declared)).status_code == 200
