@@ -386,6 +386,7 @@ async def test_prune_purges_finished_payloads_only(store: Store) -> None:
     assert await store.complete(done.id, "w1")
     assert await store.dead_letter(dead.id, "w1", "permanent")
     assert await store.release(queued.id, "w1")
+    assert await store.release(dropped.id, "w1")   # a live claim cannot be dropped
     assert await store.drop(dropped.id, "operator")
     assert await store.prune(older_than=utcnow() - timedelta(days=1)) == 0
     assert await store.prune(older_than=utcnow() + timedelta(seconds=1)) == 3
