@@ -328,7 +328,10 @@ async def test_id_only_notification_about_other_types_needs_no_emr(store: Store)
                 {"name": "focus", "valueReference": {"reference": "https://emr.example.org/fhir/Encounter/e-1"}}]}]}}]}
     async with endpoint(store, emr=None) as client:
         response = await client.post("/fhir", json=bundle, headers=FHIR_JSON)
-    assert response.status_code == 200, response.text
+        assert response.status_code == 200, response.text
+        sample_response = await client.post("/fhir", content=sample("r4/notification-id-only-encounter.json"),
+                                            headers=FHIR_JSON)
+        assert sample_response.status_code == 200, sample_response.text
     assert await envelopes(store) == []
 
 

@@ -153,3 +153,20 @@ def test_backport_ig_timestamps_with_seven_fraction_digits_parse() -> None:
     note = parse_notification(bundle)
     assert (note.version, note.type, note.event_numbers, note.references) == (
         "R4", "event-notification", [2], [("Encounter", "e-1")])
+
+
+def test_two_practitioners_sample(mapping_set: MappingSet) -> None:
+    """samples/fhir/r4/Appointment-two-practitioners.json maps as its README row says."""
+    data = json.loads((ROOT / "samples/fhir/r4/Appointment-two-practitioners.json").read_text(encoding="utf-8"))
+    _, (op,) = run(mapping_set, data)
+    assert op["participants"] == [{"emr_patient_id": "pat-1001", "name": "Amélie Tremblay"}]
+    assert (op["duration"], op["datetime"]) == (40, "2030-02-12T15:00:00-05:00")
+
+
+@pytest.mark.parametrize(("rel", "expression"), [("r4/invalid/Appointment-local-time.json", "Appointment.start")])
+def test_invalid_samples_name_the_path(rel: str, expression: str) -> None:
+    """The invalid samples are refused with an issue at the path their README row names."""
+    data = json.loads((ROOT / "samples/fhir" / rel).read_text(encoding="utf-8"))
+    with pytest.raises(FHIRValidationError) as info:
+        validate_resource(data, version="R4")
+    assert expression in [i.expression for i in info.value.issues]
