@@ -186,7 +186,8 @@ async def _drop(store: Store, _config: Any, *, envelope_id: int, reason: str) ->
     if await store.drop(envelope_id, reason):
         print(f"dropped envelope {envelope_id}; later envelopes of its patient are no longer blocked by it")
         return 0
-    print(f"oncall-adapter: envelope {envelope_id} cannot be dropped (unknown, or already done)",
+    print(f"oncall-adapter: envelope {envelope_id} cannot be dropped (unknown, already done, "
+          "or being applied now: try again once it finishes)",
           file=sys.stderr)
     return 1
 
