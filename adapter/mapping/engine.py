@@ -73,7 +73,12 @@ class CompiledRoute:
         try:
             return cond.test(env)
         except EvalError as exc:
-            raise MappingError(exc.message, route=self.name, target="when", source=exc.source) from None
+            raise MappingError(exc.message, route=self.name, target="when", source=exc.source,
+                               hint=_EVAL_HINT) from None
+
+
+_EVAL_HINT = ("fix the value at its source (then `oncall-adapter queue retry`), or give the route's field "
+              "a fallback that skips it")
 
 
 def _evaluate(route: str, fields: dict[str, Node], env: Env, target: Resolver,
@@ -83,7 +88,8 @@ def _evaluate(route: str, fields: dict[str, Node], env: Env, target: Resolver,
         try:
             raw = node.eval(env)
         except EvalError as exc:
-            raise MappingError(exc.message, route=route, target=prefix + name, source=exc.source) from None
+            raise MappingError(exc.message, route=route, target=prefix + name, source=exc.source,
+                               hint=_EVAL_HINT) from None
         value = _coerce(raw, target(name))
         if value is not None:
             values[name] = value
@@ -114,10 +120,10 @@ def _validation_error(route: str, op: CompiledOperation, exc: ValidationError) -
     loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
     target = ".".join(str(p) for p in loc) or None
     msg = "required value is empty" if err["type"] == "missing" else err["msg"].removeprefix("Value error, ")
-    if not loc and msg.split(" ", 1)[0] in op.fields:
+    named = msg.split(" ", 1)[0]
+    if not loc and named in op.fields:
         # a whole-operation check ("datetime is required unless ...") names its field first
-        loc = [msg.split(" ", 1)[0]]
-        target = loc[0]
+        loc, target = [named], named
     node = op.fields.get(str(loc[0])) if loc else None
     source = node.source if node is not None else None
     # the pydantic message never echoes the input value here: values may be PHI
