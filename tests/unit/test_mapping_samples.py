@@ -31,6 +31,10 @@ LUC = {"emr_patient_id": "MRN200003", "first_name": "Luc", "last_name": "Côté"
 BAO = {"emr_patient_id": "MRN100004", "first_name": "Bao", "last_name": "Nguyen",
        "email": "bao.nguyen@example.com"}
 FRANCOIS = {"emr_patient_id": "MRN100028", "first_name": "François", "last_name": "Lefèbvre"}
+WEILING = {"emr_patient_id": "MRN300005", "first_name": "Wei Ling", "last_name": "Lim",
+           "email": "weiling.lim@example.com"}
+CHIDI = {"emr_patient_id": "MRN300006", "first_name": "Chidi", "last_name": "Okafor",
+         "email": "chidi.okafor@example.co.uk"}
 
 PEOPLE = {
     "adt_a01_epic_v25.hl7": [MARIE],
@@ -43,6 +47,9 @@ PEOPLE = {
     "siu_s12_v26_tq1_group_phone.hl7": [ELODIE, LUC],
     "siu_s13_v25_reschedule.hl7": [MARIE],
     "siu_s14_v27_truncation.hl7": [BAO],
+    "adt_a04_scm_v25_national_id_first_xtn_parts.hl7": [WEILING],
+    "siu_s12_v24_pas_aig_only_email_code.hl7": [CHIDI],
+    "siu_s13_v25_duration_hours.hl7": [CHIDI],
 }
 
 CONTACTS = {  # file -> (route, demographics beyond the shared person fields)
@@ -55,6 +62,8 @@ CONTACTS = {  # file -> (route, demographics beyond the shared person fields)
     "adt_a31_v24_crlf.hl7": ("ADT_A31", {"phone": "4185550202", "update_participants": True}),
     "adt_a28_v231_latin1_no_email.hl7": ("ADT_A28", {
         "phone": "8195550303", "sex": "male", "date_of_birth": "1961-03-05", "update_participants": False}),
+    "adt_a04_scm_v25_national_id_first_xtn_parts.hl7": ("ADT_A04", {
+        "phone": "18195550404", "sex": "female", "date_of_birth": "1987-04-22", "update_participants": False}),
 }
 
 APPOINTMENTS = {  # file -> (route, appointment fields)
@@ -73,6 +82,13 @@ APPOINTMENTS = {  # file -> (route, appointment fields)
     "siu_s14_v27_truncation.hl7": ("SIU_S14", {
         "emr_appointment_id": "APPT9003", "title": "New patient intake", "type": "inperson",
         "datetime": "2024-05-17T13:00:00-04:00", "duration": 60}),
+    "siu_s12_v24_pas_aig_only_email_code.hl7": ("SIU_S12", {
+        "emr_appointment_id": "APPT9100", "title": "Video review", "type": "online",
+        "datetime": "2024-05-20T11:00:00-04:00", "duration": 20,
+        "metadata": {"emr_appointment_id": "APPT9100", "emr_placer_appointment_id": "PL-9100",
+                     "emr_patient_id": "MRN300006", "emr_source": "CLINIC_A"}}),
+    "siu_s13_v25_duration_hours.hl7": ("SIU_S13", {
+        "emr_appointment_id": "APPT9100", "datetime": "2024-05-21T15:00:00-04:00", "duration": 60}),
 }
 
 OTHERS = {  # file -> (route, the one operation)
