@@ -167,7 +167,8 @@ def validate_resource(data: dict[str, Any], *, version: FHIRVersion = "R4",
     except pydantic.ValidationError as exc:
         issues = [Issue(loc_to_expression(root, err["loc"]), _message(err), _issue_code(err["type"]))
                   for err in exc.errors(include_url=False)]
-        raise FHIRValidationError(issues, status=400, hint=_structure_hint(version, resource_type, data)) from None
+        raise FHIRValidationError(issues, status=400,
+                                  hint=_structure_hint(version, resource_type, data)) from None
     code_issues = check_codes(data, root=root, version=version) + check_invariants(data, root=root)
     if code_issues:
         codes_only = all(i.code == "code-invalid" for i in code_issues)

@@ -325,7 +325,8 @@ async def test_id_only_notification_about_other_types_needs_no_emr(store: Store)
             {"name": "events-since-subscription-start", "valueString": "1"},
             {"name": "notification-event", "part": [
                 {"name": "event-number", "valueString": "1"},
-                {"name": "focus", "valueReference": {"reference": "https://emr.example.org/fhir/Encounter/e-1"}}]}]}}]}
+                {"name": "focus",
+                 "valueReference": {"reference": "https://emr.example.org/fhir/Encounter/e-1"}}]}]}}]}
     async with endpoint(store, emr=None) as client:
         response = await client.post("/fhir", json=bundle, headers=FHIR_JSON)
         assert response.status_code == 200, response.text
@@ -340,7 +341,8 @@ async def test_r5_appointment_at_r4_endpoint_refused_with_version_hint(store: St
     and to send fhirVersion=5.0 (the path names participant[0].required)."""
     resource = {"resourceType": "Appointment", "id": "a5", "status": "booked",
                 "start": "2030-01-02T10:00:00Z", "end": "2030-01-02T10:15:00Z",
-                "participant": [{"actor": {"reference": "Patient/p"}, "required": True, "status": "accepted"}]}
+                "participant": [{"actor": {"reference": "Patient/p"}, "required": True,
+                                 "status": "accepted"}]}
     async with endpoint(store) as client:
         response = await client.put("/fhir/Appointment/a5", json=resource, headers=FHIR_JSON)
         assert response.status_code == 400

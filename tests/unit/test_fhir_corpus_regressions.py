@@ -44,7 +44,8 @@ def appointment(*participants: dict[str, Any], **extra: Any) -> dict[str, Any]:
             "participant": list(participants), **extra}
 
 
-def actor(reference: str | None = None, display: str | None = None, status: str = "accepted") -> dict[str, Any]:
+def actor(reference: str | None = None, display: str | None = None,
+          status: str = "accepted") -> dict[str, Any]:
     ref = {k: v for k, v in (("reference", reference), ("display", display)) if v is not None}
     return {"actor": ref, "status": status}
 
@@ -141,15 +142,19 @@ def test_format_errors_say_the_expected_format(field: str, value: str, expected:
 def test_backport_ig_timestamps_with_seven_fraction_digits_parse() -> None:
     """The Backport IG's examples carry instants with 7 fraction digits (.1882432-05:00) and
     integer64 counters as strings: the notification is read, not refused."""
-    bundle = {"resourceType": "Bundle", "type": "history", "timestamp": "2020-05-29T11:44:13.1882432-05:00",
+    bundle = {"resourceType": "Bundle", "type": "history",
+              "timestamp": "2020-05-29T11:44:13.1882432-05:00",
               "entry": [{"fullUrl": "urn:uuid:1", "resource": {"resourceType": "Parameters", "parameter": [
-                  {"name": "subscription", "valueReference": {"reference": "https://e.org/fhir/Subscription/s"}},
-                  {"name": "status", "valueCode": "active"}, {"name": "type", "valueCode": "event-notification"},
+                  {"name": "subscription",
+                   "valueReference": {"reference": "https://e.org/fhir/Subscription/s"}},
+                  {"name": "status", "valueCode": "active"},
+                  {"name": "type", "valueCode": "event-notification"},
                   {"name": "events-since-subscription-start", "valueString": "2"},
                   {"name": "notification-event", "part": [
                       {"name": "event-number", "valueString": "2"},
                       {"name": "timestamp", "valueInstant": "2020-05-29T11:44:13.1882432-05:00"},
-                      {"name": "focus", "valueReference": {"reference": "https://e.org/fhir/Encounter/e-1"}}]}]}}]}
+                      {"name": "focus",
+                       "valueReference": {"reference": "https://e.org/fhir/Encounter/e-1"}}]}]}}]}
     note = parse_notification(bundle)
     assert (note.version, note.type, note.event_numbers, note.references) == (
         "R4", "event-notification", [2], [("Encounter", "e-1")])
@@ -157,13 +162,15 @@ def test_backport_ig_timestamps_with_seven_fraction_digits_parse() -> None:
 
 def test_two_practitioners_sample(mapping_set: MappingSet) -> None:
     """samples/fhir/r4/Appointment-two-practitioners.json maps as its README row says."""
-    data = json.loads((ROOT / "samples/fhir/r4/Appointment-two-practitioners.json").read_text(encoding="utf-8"))
+    path = ROOT / "samples/fhir/r4/Appointment-two-practitioners.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
     _, (op,) = run(mapping_set, data)
     assert op["participants"] == [{"emr_patient_id": "pat-1001", "name": "Amélie Tremblay"}]
     assert (op["duration"], op["datetime"]) == (40, "2030-02-12T15:00:00-05:00")
 
 
-@pytest.mark.parametrize(("rel", "expression"), [("r4/invalid/Appointment-local-time.json", "Appointment.start")])
+@pytest.mark.parametrize(("rel", "expression"),
+                         [("r4/invalid/Appointment-local-time.json", "Appointment.start")])
 def test_invalid_samples_name_the_path(rel: str, expression: str) -> None:
     """The invalid samples are refused with an issue at the path their README row names."""
     data = json.loads((ROOT / "samples/fhir" / rel).read_text(encoding="utf-8"))
