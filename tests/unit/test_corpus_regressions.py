@@ -163,3 +163,12 @@ def test_minutes_pipe_error_hides_the_value() -> None:
         Pipe("minutes").apply("soonish", CTX)
     assert "soonish" not in str(err.value)
     assert Pipe("minutes").apply("INDEF", CTX) == ""
+
+
+def test_generic_table_code_is_not_the_title(shipped: MappingSet) -> None:
+    """SCH-7/SCH-8 holding standard table codes (HL70276/HL70277) give way to the service (AIS-3-2)."""
+    raw = _msg(MSH_SIU.format(n=5),
+               "SCH|P5|F5|||||ROUTINE^Routine^HL70277|FOLLOWUP^Follow-up^HL70276|30|min|^^30^20250310143000",
+               "PID|1||MRN9^^^C^MR||Roy^Ana", "RGS|1|A", "AIS|1|A|CARD^Cardiology consultation^L|20250310143000")
+    _, ops = _ops(shipped, raw)
+    assert ops[0]["title"] == "Cardiology consultation"
