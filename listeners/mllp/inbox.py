@@ -100,7 +100,9 @@ class MessageHandler:
             return await self._refuse(header, raw, Verdict.ERROR, AckError.from_exception(exc), peer)
         reason = self._accepts(intake.kind)
         if reason is not None:
-            error = AckError("200", f"{intake.kind} is not accepted: {reason}", "MSH^1^9")
+            # before v2.5 the only text is MSA-3 (80 characters): do not spend it naming the kind twice
+            text = reason if intake.kind in reason else f"{intake.kind} is not accepted: {reason}"
+            error = AckError("200", text, "MSH^1^9")
             return await self._refuse(header, raw, Verdict.REJECTED, error, peer, intake=intake)
         appended = await self._append(NewEnvelope(
             Source.MLLP, intake.kind, intake.ordering_key, intake.dedup_key, intake.payload,

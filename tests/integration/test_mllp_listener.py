@@ -172,6 +172,21 @@ async def test_unrouted_kind_gets_ar_with_reason_and_is_stored_rejected(store: S
     assert queued.state is State.QUEUED and queued.dedup_key == "mllp:EPIC|HOSP|C7"
 
 
+async def test_ar_text_fits_msa3_for_pre_25_senders(store: SQLiteStore) -> None:
+    """Before v2.5 MSA-3 (80 characters) is the only text: a reason that already names the kind is
+    sent as is, so its advice is not cut off (seen with SRM^S01 and ORU^R01 from v2.3/v2.4 feeds)."""
+    def accepts(kind: str) -> str | None:
+        return f"no mapping route takes {kind}; add one to a file in the mapping folder"
+
+    async with listening(store, accepts) as port, connect(port) as client:
+        await client.send(adt("C8", trigger="A17").replace("|P|2.5.1", "|P|2.3", 1))
+        ack = await client.ack()
+        assert msa(ack) == ("AR", "C8")
+        segment = ack.segment("MSA")
+        assert segment is not None
+        assert segment.value(3).endswith("add one to a file in the mapping folder")
+
+
 async def test_unknown_charset_gets_ae_naming_it(store: SQLiteStore) -> None:
     """MSH-18 the adapter does not know: AE with ERR at MSH^1^18 that names the charset."""
     async with listening(store) as port, connect(port) as client:

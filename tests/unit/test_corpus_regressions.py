@@ -169,6 +169,7 @@ def test_generic_table_code_is_not_the_title(shipped: MappingSet) -> None:
     """SCH-7/SCH-8 holding standard table codes (HL70276/HL70277) give way to the service (AIS-3-2)."""
     raw = _msg(MSH_SIU.format(n=5),
                "SCH|P5|F5|||||ROUTINE^Routine^HL70277|FOLLOWUP^Follow-up^HL70276|30|min|^^30^20250310143000",
-               "PID|1||MRN9^^^C^MR||Roy^Ana", "RGS|1|A", "AIS|1|A|CARD^Cardiology consultation^L|20250310143000")
+               "PID|1||MRN9^^^C^MR||Roy^Ana", "RGS|1|A",
+               "AIS|1|A|CARD^Cardiology consultation^L|20250310143000")
     _, ops = _ops(shipped, raw)
     assert ops[0]["title"] == "Cardiology consultation"

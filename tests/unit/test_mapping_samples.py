@@ -63,7 +63,8 @@ CONTACTS = {  # file -> (route, demographics beyond the shared person fields)
     "adt_a28_v231_latin1_no_email.hl7": ("ADT_A28", {
         "phone": "8195550303", "sex": "male", "date_of_birth": "1961-03-05", "update_participants": False}),
     "adt_a04_scm_v25_national_id_first_xtn_parts.hl7": ("ADT_A04", {
-        "phone": "18195550404", "sex": "female", "date_of_birth": "1987-04-22", "update_participants": False}),
+        "phone": "18195550404", "sex": "female", "date_of_birth": "1987-04-22",
+        "update_participants": False}),
 }
 
 APPOINTMENTS = {  # file -> (route, appointment fields)
