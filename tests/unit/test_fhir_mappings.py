@@ -153,3 +153,21 @@ def test_notification_entries_map(mapping_set: MappingSet, rel: str) -> None:
         route, ops = run(mapping_set, entry["resource"])
         assert route == entry["resource"]["resourceType"]
         assert ops and ops[0]["kind"] in ("contact_upsert", "appointment_upsert")
+
+
+@pytest.mark.parametrize(("deceased", "route"), [
+    ({"deceasedBoolean": True}, "Patient_deceased"),
+    ({"deceasedDateTime": "2025-01-02T10:00:00Z"}, "Patient_deceased"),
+    ({"deceasedBoolean": False}, "Patient"),
+    ({}, "Patient"),
+])
+def test_deceased_patient_gets_no_contact(mapping_set: MappingSet, deceased: dict[str, Any],
+                                          route: str) -> None:
+    """A deceased patient is ignored with a reason (virtual care would invite them); a living one,
+    or one whose deceasedBoolean is false, becomes a contact upsert."""
+    data = {"resourceType": "Patient", "id": "d1", "name": [{"family": "Doe", "given": ["Jo"]}], **deceased}
+    got, ops = run(mapping_set, data)
+    assert got == route
+    assert [o["kind"] for o in ops] == (["ignore"] if route == "Patient_deceased" else ["contact_upsert"])
+    if route == "Patient_deceased":
+        assert "deceased" in ops[0]["reason"]
