@@ -82,14 +82,6 @@ def test_email_in_xtn1_under_a_local_use_code(shipped: MappingSet) -> None:
     assert ops[0]["phone"] == "0201110111"
 
 
-def test_a_non_address_in_xtn4_is_not_sent_as_email(shipped: MappingSet) -> None:
-    """XTN-4 holding something that is not an address ("none") gives no e-mail, not a bad one."""
-    raw = _msg(MSH_ADT.format(t="A04"), "PID|1||MRN3^^^C^MR||Roy^Ana||19900101|F|||||5145550101^PRN^PH^none")
-    _, ops = _ops(shipped, raw)
-    assert "email" not in ops[0]
-    assert ops[0]["phone"] == "5145550101"
-
-
 def test_siu_with_only_aig_resources(shipped: MappingSet) -> None:
     """No SCH-11/TQ1/AIS/AIP timing: the AIG start (AIG-8), duration (AIG-11) and provider (AIG-3)."""
     raw = _msg(MSH_SIU.format(n=1), "SCH|P1|F1||||||||||||||||||||||Booked",
