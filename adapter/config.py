@@ -53,8 +53,8 @@ class MLLPConfig(_Section):
         default_factory=list, description="PID-3.4 assigning authorities that name the patient id, "
                                           "in order of preference (e.g. [\"HOSP\"])")
     patient_id_type_codes: list[str] = Field(
-        default_factory=lambda: ["MR"], description="PID-3.5 identifier type codes that name the patient id, "
-                                                    "tried after the authorities")
+        default_factory=lambda: ["MR", "MRN"],
+        description="PID-3.5 identifier type codes that name the patient id, tried after the authorities")
     dedup_window_hours: float = Field(24.0 * 7, gt=0,
                                       description="a resend with the same control id within this window is "
                                                   "a duplicate")

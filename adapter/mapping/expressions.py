@@ -163,10 +163,19 @@ class Cond:
         if self.op == "exists":
             return (not is_empty(value)) == self.operand
         items = value if isinstance(value, list) else [value]
-        texts = {"" if v is None else str(v) for v in items}
+        texts = {_as_text(v) for v in items}
         if self.op == "equals":
             return self.operand in texts
         return bool(texts & self.operand)
+
+
+def _as_text(value: Any) -> str:
+    """A value as `when` compares it: booleans spelt as in JSON and FHIR (`true`), not Python."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 @dataclass(frozen=True)

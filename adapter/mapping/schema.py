@@ -99,7 +99,7 @@ class Match(_Strict):
 class Condition(_Strict):
     """A structured test: `{path: P, equals: V}`, `{path: P, in: [..]}`, `{path: P, exists: true}`,
     `{not: C}`, `{all: [C, ..]}` or `{any: [C, ..]}`. `path` is an expression (pipes allowed);
-    a list value matches when one of its items does; comparisons are on text."""
+    a list value matches when one of its items does; comparisons are on text (booleans as `true`/`false`)."""
 
     path: str | None = Field(None, description="the value tested (source path, pipes allowed)")
     equals: Annotated[str | None, BeforeValidator(_text)] = Field(None, description="value equals this")
