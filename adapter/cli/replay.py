@@ -134,14 +134,34 @@ async def _send_mllp(messages: list[Message], host: str, port: int, wait: float,
         decoder = FrameDecoder()
         for message in messages:
             await stream.send(encode_frame(message.payload))
+            conditional = _accept_ack_type(message.payload) in _CONDITIONAL_ACKS
             frames: list[Any] = []
-            with anyio.fail_after(wait):
+            # MSH-15 NE/ER/SU: the receiver may rightly answer nothing; wait briefly, then go on.
+            with anyio.move_on_after(min(wait, _CONDITIONAL_WAIT)) if conditional else anyio.fail_after(wait):
                 while not frames:
                     frames = decoder.feed(await stream.receive())
-            code, reason = _ack_outcome(frames[0].payload)
+            if frames:
+                code, reason = _ack_outcome(frames[0].payload)
+            else:
+                code, reason = _NO_ACK, f"MSH-15 = {_accept_ack_type(message.payload)} asks for no accept ACK"
             results.append((message, code, reason))
             progress.step()
     return results
+
+
+_CONDITIONAL_ACKS = frozenset({"NE", "ER", "SU"})
+_CONDITIONAL_WAIT = 2.0
+_NO_ACK = "none"
+
+
+def _accept_ack_type(payload: bytes) -> str:
+    """MSH-15 of a raw message ('' when absent or unreadable)."""
+    from adapter.hl7.er7 import Message as Er7
+
+    try:
+        return Er7.parse(payload.decode("latin-1")).accept_ack_type.upper()
+    except Exception:
+        return ""
 
 
 async def _send_fhir(messages: list[Message], base: str, headers: dict[str, str], wait: float,
@@ -210,7 +230,7 @@ def _summary(results: list[tuple[Message, str, str]], total: int) -> int:
     counts = Counter(code for _m, code, _r in results)
     shown = ", ".join(f"{code} {n}" for code, n in sorted(counts.items()))
     print(f"sent {len(results)} of {total} message(s): {shown or 'nothing'}")
-    bad = [(m, c, r) for m, c, r in results if c not in ("AA", "CA") and not c.startswith("2")]
+    bad = [(m, c, r) for m, c, r in results if c not in ("AA", "CA", _NO_ACK) and not c.startswith("2")]
     for message, code, reason in bad:
         print(f"  {message.origin}: {code} {reason}".rstrip())
     return 1 if bad or len(results) < total else 0
