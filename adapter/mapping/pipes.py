@@ -86,6 +86,19 @@ def _datetime(value: str, ctx: PipeContext) -> str:
     return parsed.isoformat()
 
 
+def _minutes_between(value: Any, ctx: PipeContext) -> str:
+    """Minutes from the first to the second of two date-times (a start and an end): works across
+    midnight and across offsets, which text arithmetic in FHIRPath or terser paths cannot."""
+    items = [v for v in (value if isinstance(value, list) else [value]) if not is_empty(v)]
+    if len(items) != 2:
+        return ""      # a missing start or end: empty, so an alternative (or the required check) decides
+    start, end = (dt.datetime.fromisoformat(_datetime(_text(v), ctx)) for v in items)
+    minutes = round((end - start).total_seconds() / 60)
+    if minutes <= 0:
+        raise PipeError("ends before it starts (the end must be after the start)")
+    return str(minutes)
+
+
 def _title(value: str, ctx: PipeContext) -> str:
     # only all-caps or all-lower text is re-cased: "McDonald" or "de la Tour" typed by a person stays
     if value.isupper() or value.islower():
@@ -141,6 +154,8 @@ PIPES: dict[str, tuple[str | None, str]] = {
     "trim": (None, "strip surrounding spaces"),
     "email": (None, "the value when it looks like one e-mail address (name@domain.tld), else empty"),
     "minutes": (None, "a duration in minutes: a number, or TQ-3 style `M30`, `H1`, `D1` (`INDEF` is empty)"),
+    "minutes_between": (None, "minutes from the first to the second of two date-times "
+                              "(`start.combine(end) | minutes_between`)"),
     "map": ("required", "look the code up in a table (`map(sex)`); an unknown code gives the table's "
                         "`*` entry, or empty"),
     "default": ("required", "the argument when the value is empty (`default(Unknown)`)"),
@@ -159,6 +174,8 @@ class Pipe:
     def apply(self, value: Any, ctx: PipeContext) -> Any:
         if self.name == "default":
             return self.arg if is_empty(value) else value
+        if self.name == "minutes_between":
+            return _minutes_between(value, ctx)
         if self.name == "join":
             items = value if isinstance(value, list) else [value]
             return (" " if self.arg is None else self.arg).join(_text(v) for v in items if not is_empty(v))
@@ -176,7 +193,7 @@ class Pipe:
         return _ELEMENTWISE[self.name](_text(value), ctx)
 
 
-_CALL = re.compile(r"^\s*([a-z]+)\s*(?:\((.*)\))?\s*$", re.S)
+_CALL = re.compile(r"^\s*([a-z_]+)\s*(?:\((.*)\))?\s*$", re.S)
 
 
 def parse_pipe(text: str, tables: Mapping[str, Any]) -> Pipe:
