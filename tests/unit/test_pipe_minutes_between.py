@@ -21,7 +21,8 @@ BETWEEN = Pipe("minutes_between")
        minutes=st.integers(min_value=1, max_value=7 * 1440),
        start_offset=st.integers(min_value=-12 * 60, max_value=14 * 60),
        end_offset=st.integers(min_value=-12 * 60, max_value=14 * 60))
-def test_any_offsets_and_midnights(start: dt.datetime, minutes: int, start_offset: int, end_offset: int) -> None:
+def test_any_offsets_and_midnights(start: dt.datetime, minutes: int, start_offset: int,
+                                   end_offset: int) -> None:
     """Property: start and end written in any offsets, across any midnight, give the minutes between."""
     begin = start.replace(second=0, microsecond=0, tzinfo=dt.timezone(dt.timedelta(minutes=start_offset)))
     end = (begin + dt.timedelta(minutes=minutes)).astimezone(dt.timezone(dt.timedelta(minutes=end_offset)))
