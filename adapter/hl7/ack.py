@@ -14,9 +14,11 @@ v2.5 the ERR-1 ELD form (``PID^1^3^101&Required field missing&HL70357``). MSA-3 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import lru_cache
 
 from adapter.errors import HL7InputError
 from adapter.hl7.er7 import DEFAULT_DELIMITERS, Delimiters, Segment, escape
@@ -80,7 +82,16 @@ def wants_ack(verdict: Verdict, *, enhanced: bool, accept_ack_type: str) -> bool
 
 def hl7_timestamp(value: datetime | None = None) -> str:
     """An HL7 DTM with seconds and its offset (now, in UTC, by default): 20260301140000+0000."""
-    return (value or datetime.now(UTC)).strftime("%Y%m%d%H%M%S%z")
+    if value is not None:
+        return value.strftime("%Y%m%d%H%M%S%z")
+    global _last_stamp
+    second = int(time.time())
+    if _last_stamp[0] != second:       # one strftime per second, not one per ACK
+        _last_stamp = (second, datetime.fromtimestamp(second, UTC).strftime("%Y%m%d%H%M%S%z"))
+    return _last_stamp[1]
+
+
+_last_stamp: tuple[int, str] = (-1, "")
 
 
 def build_ack(msh: Segment | None, code: str, *, control_id: str, timestamp: str,
@@ -138,6 +149,7 @@ def _location(location: str | None) -> list[str]:
     return [seg, "1", fld] if fld else [seg, "1"]
 
 
+@lru_cache(maxsize=64)     # a feed sends one or two versions
 def _version(version: str, d: Delimiters) -> tuple[int, ...]:
     try:
         return tuple(int(p) for p in version.split(d.component)[0].split("."))

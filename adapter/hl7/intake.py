@@ -18,8 +18,9 @@ fine in the store, never in a log line (`key_hash` is what is logged).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from adapter.errors import HL7InputError
 from adapter.hl7.charset import DEFAULT_CHARSET, decode_payload, resolve_codec
@@ -131,21 +132,32 @@ def read_intake(header: Header, raw: bytes, policy: PatientIdPolicy = PatientIdP
         raise HL7InputError("MSH-10 (message control id) is empty", location="MSH^1^10", code="101",
                             hint="give every message a unique control id; it is how duplicates are found")
     payload = raw[len(BOM):] if raw.startswith(BOM) else raw
-    text = decode_payload(payload, header.codec, declared=header.declared_charset)
-    message = Message.parse(text)
+    text = decode_payload(payload, header.codec, declared=header.declared_charset)   # strict: AE on bad bytes
     charset = header.declared_charset or DEFAULT_CHARSET
-    ordering_key = _ordering_key(message, policy, charset) or f"control:{header.sender}|{control_id}"
+    if _scannable(header):
+        # the ACK path: MSH is already read and only PID (or SCH) is needed, so find that one line
+        # instead of tokenising every segment (same rules as Message.parse: first segment so named)
+        d = header.delimiters
+        msh = header.msh
+        ordering_key = _ordering_key(lambda name: _find_segment(text, name, d), policy, charset)
+    else:
+        message = Message.parse(text)
+        msh = message.msh
+        ordering_key = _ordering_key(message.segment, policy, charset)
+    ordering_key = ordering_key or f"control:{header.sender}|{control_id}"
+    message_type, trigger, version, processing_id, accept_ack_type, application_ack_type = _msh_meta(
+        msh.field(9), msh.field(11), msh.field(12), msh.field(15), msh.field(16), msh.delimiters)
     meta = {
         "control_id": control_id,
         "sender": header.sender,
-        "message_type": message.message_type,
-        "trigger": message.trigger,
-        "version": message.version,
-        "processing_id": message.processing_id,
+        "message_type": message_type,
+        "trigger": trigger,
+        "version": version,
+        "processing_id": processing_id,
         "charset": header.codec,
         "msh18": header.declared_charset,
-        "accept_ack_type": message.accept_ack_type,
-        "application_ack_type": message.application_ack_type,
+        "accept_ack_type": accept_ack_type,
+        "application_ack_type": application_ack_type,
         "key_hash": key_hash(ordering_key),
     }
     if payload is not raw:
@@ -153,11 +165,50 @@ def read_intake(header: Header, raw: bytes, policy: PatientIdPolicy = PatientIdP
     return Intake(header, header.kind, ordering_key, f"mllp:{header.sender}|{control_id}", payload, meta)
 
 
-def _ordering_key(message: Message, policy: PatientIdPolicy, charset: str) -> str | None:
-    pid = message.segment("PID")
+@lru_cache(maxsize=256)    # a feed repeats a handful of MSH-9/11/12/15/16 combinations
+def _msh_meta(msh9: str, msh11: str, msh12: str, msh15: str, msh16: str,
+              d: Delimiters) -> tuple[str, str, str, str, str, str]:
+    """MSH-9.1, 9.2, 12, 11, 15, 16 decoded from the raw fields, as `Segment.value` reads them."""
+    def value(raw: str, component: int = 1) -> str:
+        return leaf(raw.split(d.repetition)[0], d, component) if raw else ""
+    return value(msh9), value(msh9, 2), value(msh12), value(msh11), value(msh15), value(msh16)
+
+
+# Codecs in which every ASCII byte (CR, LF, delimiters) is that character and nothing else: the MSH
+# read as latin-1 then holds the same delimiters and line ends as the decoded text.
+_BYTEWISE = frozenset({"utf-8", "ascii", "latin-1", "iso8859-1", "cp1252"})
+
+
+def _scannable(header: Header) -> bool:
+    codec = header.codec or ""
+    d = header.delimiters
+    return ((codec in _BYTEWISE or codec.startswith("iso8859-")) and d.field.isascii()
+            and d.encoding_characters.isascii())
+
+
+def _find_segment(text: str, name: str, d: Delimiters) -> Segment | None:
+    """The first segment called `name` (a line starting with it and then a field separator or the
+    line end), without splitting the other lines."""
+    n = len(name)
+    at = text.find(name)
+    while at >= 0:
+        after = text[at + n:at + n + 1]
+        if (at == 0 or text[at - 1] in "\r\n") and after in ("", "\r", "\n", d.field):
+            end = len(text)
+            for stop in (text.find("\r", at), text.find("\n", at)):
+                if 0 <= stop < end:
+                    end = stop
+            return Segment(text[at:end], d)
+        at = text.find(name, at + 1)
+    return None
+
+
+def _ordering_key(segment: Callable[[str], Segment | None], policy: PatientIdPolicy,
+                  charset: str) -> str | None:
+    pid = segment("PID")
     if pid is not None:
         return "patient:" + _patient_id(pid, policy, charset)
-    sch = message.segment("SCH")
+    sch = segment("SCH")
     if sch is not None:
         appointment = sch.value(1, charset=charset) or sch.value(2, charset=charset)
         if appointment:
