@@ -103,6 +103,42 @@ def build_ack(msh: Segment | None, code: str, *, control_id: str, timestamp: str
     and an empty MSA-2. `charset` is MSH-18 to echo (None when the message's one is unusable);
     `application`/`facility` override the ACK's MSH-3/MSH-4 (default: the message's MSH-5/MSH-6).
     """
+    # the ACK path: the same MSH fields give the same text around timestamp, control id and MSA-2
+    if msh is not None and msh.name == "MSH" and error is None:
+        f = msh.field
+        cut = _template(f(2), f(3), f(4), f(5), f(6), f(9), f(11), f(12), msh.delimiters, code, charset,
+                        application, facility)
+        if cut is not None:
+            return f"{cut[0]}{timestamp}{cut[1]}{control_id}{cut[2]}{f(10)}\r"
+    return _build(msh, code, control_id=control_id, timestamp=timestamp, error=error, charset=charset,
+                  application=application, facility=facility)
+
+
+_TS, _CID, _MCID = "\x00ts\x00", "\x00cid\x00", "\x00mcid\x00"   # placeholders: no delimiter is NUL
+
+
+@lru_cache(maxsize=256)    # a feed repeats a handful of sender/receiver/type/version combinations
+def _template(msh2: str, msh3: str, msh4: str, msh5: str, msh6: str, msh9: str, msh11: str, msh12: str,
+              d: Delimiters, code: str, charset: str | None, application: str | None,
+              facility: str | None) -> tuple[str, str, str] | None:
+    """An error-free ACK cut around its timestamp, control id and MSA-2 (filled in per message);
+    None when a value holds NUL and could be mistaken for a placeholder."""
+    fields = {2: msh2, 3: msh3, 4: msh4, 5: msh5, 6: msh6, 9: msh9, 10: _MCID, 11: msh11, 12: msh12}
+    if "\x00" in "".join([*fields.values(), d.field, d.encoding_characters, code, charset or "",
+                           application or "", facility or ""]).replace(_MCID, ""):
+        return None
+    msh = Segment(d.field.join(["MSH", *(fields.get(n, "") for n in range(2, 13))]), d)
+    text = _build(msh, code, control_id=_CID, timestamp=_TS, charset=charset, application=application,
+                  facility=facility)
+    head, _, rest = text.partition(_TS)
+    middle, _, rest = rest.partition(_CID)
+    tail, _, _ = rest.partition(_MCID)
+    return head, middle, tail
+
+
+def _build(msh: Segment | None, code: str, *, control_id: str, timestamp: str,
+           error: AckError | None = None, charset: str | None = None,
+           application: str | None = None, facility: str | None = None) -> str:
     d = msh.delimiters if msh is not None else DEFAULT_DELIMITERS
     f = msh.field if msh is not None else (lambda n: "")
     version = f(12) or "2.5"
