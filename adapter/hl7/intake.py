@@ -5,9 +5,10 @@ Two steps, so that an answer is always possible when MSH is readable:
 1. `read_header(raw)`: MSH alone, read from the bytes as latin-1 (MSH is ASCII in practice, and
    latin-1 maps every byte, so nothing can fail but a missing MSH), then MSH-18 resolved to a codec.
    This is all the ACK needs: delimiters, MSH-3..6, 9, 10, 11, 12, 15, 16, 18.
-2. `read_intake(header, raw, policy)`: the payload decoded strictly in its charset, tokenised with
-   `adapter.hl7.er7` (no hl7apy on this path), and the envelope's kind, ordering key, dedup key and
-   meta. Anything that makes the message unusable raises HL7InputError with an ERR-style location.
+2. `read_intake(header, raw, policy)`: the payload decoded strictly in its charset, and the envelope's
+   kind, ordering key, dedup key and meta. Only the PID (else SCH) line is found and split with
+   `adapter.hl7.er7` (no hl7apy, no full tokenisation on this path: it runs once per ACK).
+   Anything that makes the message unusable raises HL7InputError with an ERR-style location.
 
 The ordering key is the patient ("patient:" + the PID-3 identifier chosen by assigning authority
 PID-3.4, then by identifier type PID-3.5, else the first repetition with a value); without PID, the
