@@ -238,7 +238,8 @@ def _http_routes(runtime: Runtime, client: Any, *, on_stored: Callable[[], None]
             closers.append(emr.aclose)
         routes += fhir_routes(store=runtime.store, base_path=f.base_path, auth_header=f.auth_header,
                               secret=secret, emr=emr, criteria=f.criteria, fhir_version=f.version,
-                              patient_identifier_system=f.patient_identifier_system)
+                              patient_identifier_system=f.patient_identifier_system,
+                              oncall_base_url=runtime.oncall_base_url)
         handlers.update(FHIR_EXCEPTION_HANDLERS)
     webhook_secret = config.secret("webhooks", "secret")
     if config.webhooks.enabled and webhook_secret:

@@ -55,13 +55,14 @@ def fhir_routes(*, store: Store, base_path: str = "/fhir", auth_header: str = "A
                 criteria: Sequence[str] = DEFAULT_TYPES, types: Sequence[str] = DEFAULT_TYPES,
                 patient_identifier_system: str | None = None, fhir_version: FHIRVersion = "R4",
                 max_body_bytes: int = 10 * 1024 * 1024,
-                catchup_lookback: timedelta = timedelta(hours=24)) -> list[BaseRoute]:
+                catchup_lookback: timedelta = timedelta(hours=24),
+                oncall_base_url: str | None = None) -> list[BaseRoute]:
     """The FHIR subscription routes. `secret` is the exact value of `auth_header` that the
     Subscription's channel sends (e.g. ``Bearer s3cret``); None accepts unauthenticated deliveries."""
     base = "/" + base_path.strip("/") if base_path.strip("/") else ""
     intake = FHIRIntake(store, emr=emr, version=fhir_version, criteria=criteria, types=types,
                         patient_identifier_system=patient_identifier_system,
-                        catchup_lookback=catchup_lookback)
+                        catchup_lookback=catchup_lookback, oncall_base_url=oncall_base_url)
     expected = secret.encode("utf-8") if secret is not None else None
     if expected is None:
         log.warning("fhir_auth_disabled", path=base or "/")

@@ -15,19 +15,20 @@ the envelopes they cover are committed, so a failure means the next delivery ask
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 import anyio
 import structlog
 
 from adapter import metrics
-from adapter.envelope import Appended, AppendOutcome, NewEnvelope, utcnow
+from adapter.envelope import Appended, AppendOutcome, NewEnvelope, State, utcnow
 from adapter.errors import ConfigError, FHIRInputError, PermanentError
 from adapter.fhir.emr_client import EMRFHIRClient
 from adapter.fhir.envelopes import OrderingKeys, new_envelope, rejected_envelope
 from adapter.fhir.notifications import Notification, is_gap, parse_notification
 from adapter.fhir.validate import FHIRVersion, Issue, Resource, canonical_bytes, validate_resource
+from adapter.reverse.loop import is_reverse_write
 from adapter.store.base import Store
 
 __all__ = ["DEFAULT_TYPES", "FHIRIntake", "IntakeResult"]
@@ -59,8 +60,10 @@ class FHIRIntake:
     def __init__(self, store: Store, *, emr: EMRFHIRClient | None = None, version: FHIRVersion = "R4",
                  criteria: Sequence[str] = DEFAULT_TYPES, types: Sequence[str] = DEFAULT_TYPES,
                  patient_identifier_system: str | None = None,
-                 catchup_lookback: timedelta = timedelta(hours=24)) -> None:
+                 catchup_lookback: timedelta = timedelta(hours=24),
+                 oncall_base_url: str | None = None) -> None:
         self.store = store
+        self.oncall_base_url = oncall_base_url   # recognises what the reverse path wrote to the EMR
         self.emr = emr
         self.version = version
         self.criteria = list(criteria)
@@ -203,7 +206,14 @@ class FHIRIntake:
         key = await self.keys.key_for(resource, bundled=bundled)
         if resource.resource_type == "Patient" and resource.id:
             await self.keys.remember(resource.id, key)
-        return new_envelope(resource, payload, ordering_key=key, delivery=delivery, extra=extra)
+        new = new_envelope(resource, payload, ordering_key=key, delivery=delivery, extra=extra)
+        if self.oncall_base_url and is_reverse_write(resource.data, self.oncall_base_url):
+            # Loop prevention, the forward half: a resource the reverse path wrote (it carries an
+            # identifier of an OnCall collection) came back through the EMR's subscription.
+            return replace(new, state=State.REJECTED,
+                           reason="written to the EMR by this adapter from OnCall (identifier system "
+                                  f"{self.oncall_base_url}/...): not sent back to OnCall")
+        return new
 
     async def _append_one(self, new: NewEnvelope) -> Appended:
         return (await self._append([new]))[0]

@@ -351,3 +351,21 @@ async def test_r5_appointment_at_r4_endpoint_refused_with_version_hint(store: St
         assert "fhirVersion=5.0" in issue["diagnostics"]
         declared = {"Content-Type": "application/fhir+json; fhirVersion=5.0"}
         assert (await client.put("/fhir/Appointment/a5", json=resource, headers=declared)).status_code == 200
+
+
+async def test_a_patient_the_reverse_path_wrote_is_not_sent_back(store: Store) -> None:
+    """Loop prevention: a Patient carrying an identifier of an OnCall collection (written to the EMR
+    by the reverse path) that comes back through the subscription is acknowledged and stored with
+    the reason, never queued for OnCall; the EMR's own patients are queued as usual."""
+    base = "https://api.oncallhealth.ca"
+    ours = {"resourceType": "Patient", "id": "emr-77", "meta": {"versionId": "1"},
+            "identifier": [{"system": f"{base}/participants", "value": "41"}],
+            "name": [{"family": "Lee", "given": ["Ada"]}]}
+    theirs = {**ours, "id": "emr-78", "identifier": [{"system": MRN_SYSTEM, "value": "MRN9"}]}
+    async with endpoint(store, oncall_base_url=base) as client:
+        first = await client.put("/fhir/Patient/emr-77", content=json.dumps(ours), headers=FHIR_JSON)
+        second = await client.put("/fhir/Patient/emr-78", content=json.dumps(theirs), headers=FHIR_JSON)
+    assert first.status_code == 200 and second.status_code == 200
+    echo, own = await envelopes(store)
+    assert echo.state == State.REJECTED and "written to the EMR by this adapter" in (echo.reason or "")
+    assert own.state == State.QUEUED
