@@ -126,3 +126,22 @@ def test_control_ids_are_stable_and_fit_msh10(key: str, digest: str, part: int) 
     """A control id is 20 characters (MSH-10 in 2.5) and the same for the same content."""
     cid = control_id_for(key, digest, part)
     assert len(cid) == 20 and cid == control_id_for(key, digest, part)
+
+
+@settings(max_examples=25, suppress_health_check=[HealthCheck.too_slow])
+@given(op=appointments, person=people)
+def test_the_emrs_echo_of_our_messages_is_not_sent_back(op: EMRAppointmentUpsert, person: EMRPatient) -> None:
+    """Loop prevention, HL7 v2: what the reverse path sends the EMR (SIU with SCH-2-2 = ONCALL, ADT
+    whose only patient id is OnCall's) maps to an ignore if the EMR sends it back."""
+    from adapter.mapping.loader import default_dirs, load_mapping_set
+
+    mapping_set = load_mapping_set(default_dirs(None))
+    builder = HL7Builder(BundleBuilder(BASE))
+    siu = builder.siu(op, trigger=siu_trigger(op, known=False), control_id="E1", now=NOW)
+    adt = builder.adt(person.model_copy(update={"emr_patient_id": None}), trigger="A04", control_id="E2",
+                      now=NOW)
+    for message in (siu, adt):
+        parsed = ER7.parse(message)
+        result = mapping_set.map(f"{parsed.message_type}^{parsed.trigger}", message, source="mllp")
+        assert [o.kind for o in result.operations] == ["ignore"], result
+        assert "written to the EMR by this adapter" in result.operations[0].to_json()["reason"]
