@@ -332,8 +332,7 @@ class WorkerPool:
         except Exception as exc:
             logger.warning("prune_failed", error_type=type(exc).__name__)
             return 0
-        logger.info("payloads_pruned", purged=purged)
-        return purged
+        return purged   # the store logs `payloads_purged` with the count
 
 
 def build_worker_pool(runtime: Any, client: Any, *, reverse: ReversePath | None = None) -> WorkerPool:
